@@ -1,0 +1,227 @@
+"""The `synthtrace` command: thin — flags and config in, library calls out, a summary printed.
+
+    synthtrace run RECIPE --input PATH --output DIR [common options] [recipe options]
+    synthtrace cache stats|prune …
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from synthtrace import __version__
+from synthtrace.config import Config, ConfigError, load_config, load_dotenv_file, resolve_model, with_cli_endpoint
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_BUDGET = 3
+
+
+def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Input file."),
+        click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Run directory."),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="YAML config (default: ./synthtrace.yaml, ~/.config/synthtrace/config.yaml)."),
+        click.option("--model", "-m", help="Model alias, provider id, `local` or `local:/path/model.gguf`."),
+        click.option("--base-url", help="OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY)."),
+        click.option("--concurrency", "-c", type=click.IntRange(1), help="Requests in flight per endpoint."),
+        click.option("--rpm", type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget."),
+        click.option("--tpm", type=click.FloatRange(0, min_open=True), help="Tokens-per-minute budget."),
+        click.option("--max-records", type=click.IntRange(1), help="Only the first N input records."),
+        click.option("--max-usd", type=click.FloatRange(0), help="Stop cleanly before spending more than this."),
+        click.option("--dry-run", is_flag=True, help="Estimate calls, tokens and cost from the input; send nothing."),
+        click.option("--fresh", is_flag=True, help="Ignore earlier results in the run dir and the journal."),
+        click.option("--strict", is_flag=True, help="Stop before running anything if any input line is bad."),
+        click.option("--quiet", "-q", is_flag=True, help="Log lines instead of a progress bar."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="synthtrace")
+def main() -> None:
+    """synthtrace: verified reasoning-trace training data from your own sources."""
+    load_dotenv_file()
+
+
+@main.group()
+def run() -> None:
+    """Run a recipe over an input file into a run directory (re-run the same command to resume)."""
+
+
+@run.command("completions")
+@_common_run_options
+@click.option("--system", help="System prompt for `prompt` lines.")
+@click.option("--temperature", type=float, help="Default temperature (a line's own value wins).")
+@click.option("--max-tokens", type=click.IntRange(1), help="Default max tokens (a line's own value wins).")
+def run_completions(system: str | None, temperature: float | None, max_tokens: int | None, **common: Any) -> None:
+    """One completion per input line: {"id", "prompt"} or {"id", "messages"} plus optional params."""
+    from synthtrace.recipes.completions import CompletionsRecipe
+
+    execute(CompletionsRecipe(system=system, temperature=temperature, max_tokens=max_tokens), **common)
+
+
+def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
+            base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
+            max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,
+            quiet: bool) -> None:
+    """Shared body of every `run` subcommand."""
+    from synthtrace.engine.runner import RunSettings
+    from synthtrace.engine.runner import dry_run as estimate
+
+    config = _config(config_path, base_url)
+    settings = RunSettings(input=input_path, output=output, model=model, max_records=max_records, fresh=fresh,
+                           strict=strict, quiet=quiet, max_usd=max_usd, concurrency=concurrency, rpm=rpm, tpm=tpm)
+    try:
+        resolved = resolve_model(config, model)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    if dry_run:
+        _print_estimate(estimate(recipe, settings, config))
+        return
+    if resolved.is_local:
+        _announce_local(resolved.model, explicit=model is not None)
+    result = _run_async(recipe, settings, config)
+    _print_summary(result, settings)
+    if result.status == "invalid-input":
+        sys.exit(1)
+    if result.status == "budget":
+        sys.exit(EXIT_BUDGET)
+
+
+def _run_async(recipe: Any, settings: Any, config: Config) -> Any:
+    from synthtrace.engine.runner import run_recipe
+
+    coro = run_recipe(recipe, settings, config, err)
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: finished rows are kept; run the same command again to resume[/yellow]")
+        sys.exit(130)
+
+
+def _config(config_path: Path | None, base_url: str | None) -> Config:
+    try:
+        return with_cli_endpoint(load_config(config_path), base_url)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _announce_local(model: str, explicit: bool) -> None:
+    if explicit:
+        err.print(f"[cyan]model:[/cyan] local llama.cpp ({model})")
+        return
+    err.print(
+        "[cyan]No model configured: using the embedded demo model (SmolLM2-135M-Instruct, llama.cpp, offline).[/cyan]\n"
+        "It is tiny — good for trying synthtrace, not for training data. Point at a real model with\n"
+        "  --base-url http://localhost:8000/v1 --model NAME   (vLLM, Ollama, llama.cpp server, OpenAI…)\n"
+        "or a config file with endpoints and aliases (see the README), or --model local:/path/to/model.gguf."
+    )
+
+
+def _print_estimate(est: dict[str, Any]) -> None:
+    table = Table(title="dry run: nothing was sent", show_header=False)
+    for k in ("records", "bad_input", "calls", "prompt_tokens", "completion_tokens", "model", "provider_model"):
+        table.add_row(k.replace("_", " "), f"{est[k]:,}" if isinstance(est[k], int) else str(est[k]))
+    cost = f"${est['cost_usd']:.4f}" if est["priced"] else "unknown (no price for this model; add one under `prices:`)"
+    table.add_row("estimated cost", cost)
+    out.print(table)
+
+
+def _print_summary(result: Any, settings: Any) -> None:
+    st = result.stats
+    table = Table(title=f"run {result.status}", show_header=False, title_justify="left")
+    table.add_row("records done", f"{result.records_done:,}" + (f" (+{result.records_skipped:,} from earlier runs)"
+                                                                 if result.records_skipped else ""))
+    table.add_row("rejected", f"{result.records_rejected + result.bad_input:,}"
+                  + (f" ({result.bad_input} bad input lines)" if result.bad_input else ""))
+    if st:
+        table.add_row("calls", f"{st['calls']:,} sent · {st['replayed']:,} replayed from the journal · "
+                      f"{st['retries']} retries · {st['throttled']}×429")
+        table.add_row("tokens", f"{st['prompt_tokens']:,} prompt · {st['completion_tokens']:,} completion")
+        table.add_row("cost", f"${st['cost_usd']:.4f} this run · ${st['cost_usd_total']:.4f} in total")
+    table.add_row("elapsed", f"{result.elapsed_s:.1f} s")
+    for k, v in (result.recipe or {}).items():
+        table.add_row(k.replace("_", " "), str(v))
+    out.print(table)
+    for m in result.messages:
+        err.print(f"[yellow]{m}[/yellow]")
+    if result.status != "invalid-input":
+        out.print(f"rows:     {settings.output / 'rows.jsonl'}")
+        if result.records_rejected or result.bad_input:
+            out.print(f"rejected: {settings.output / 'rejected.jsonl'}")
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+@main.group()
+def cache() -> None:
+    """Inspect or prune request journals (a run dir's journal.db)."""
+
+
+def _journal_path(path: Path) -> Path:
+    return path / "journal.db" if path.is_dir() else path
+
+
+@cache.command("stats")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def cache_stats(paths: tuple[Path, ...]) -> None:
+    """Calls, tokens, cost and size per model in each journal (a run dir or a journal.db)."""
+    from synthtrace.engine.journal import Journal
+
+    for path in paths:
+        j = Journal(_journal_path(path))
+        table = Table(title=str(_journal_path(path)))
+        for col in ("endpoint", "model", "calls", "prompt tok", "completion tok", "cost $", "MB"):
+            table.add_column(col, justify="right" if col not in ("endpoint", "model") else "left")
+        for s in j.stats():
+            table.add_row(s["endpoint"], s["model"], f"{s['calls']:,}", f"{s['prompt_tokens']:,}",
+                          f"{s['completion_tokens']:,}", f"{s['cost_usd']:.4f}", f"{s['bytes'] / 1e6:.2f}")
+        j.close()
+        out.print(table)
+
+
+@cache.command("prune")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--older-than", type=str, help="Age such as 30d, 12h, 90m.")
+@click.option("--model", help="Only entries for this provider model id.")
+@click.option("--all", "prune_all", is_flag=True, help="Remove every entry.")
+def cache_prune(path: Path, older_than: str | None, model: str | None, prune_all: bool) -> None:
+    """Remove journal entries (later runs will pay for those calls again)."""
+    from synthtrace.engine.journal import Journal
+
+    if not (older_than or model or prune_all):
+        raise click.UsageError("say what to prune: --older-than AGE, --model ID or --all")
+    seconds = _parse_age(older_than) if older_than else None
+    j = Journal(_journal_path(path))
+    n = j.prune(seconds, model)
+    j.close()
+    out.print(f"removed {n:,} entries from {_journal_path(path)}")
+
+
+def _parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        return float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError):
+        raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

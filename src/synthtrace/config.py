@@ -1,0 +1,178 @@
+"""Configuration: endpoints, model aliases, limits, prices and recipe options, from YAML and flags.
+
+Secrets never live here: an endpoint names the environment variable that holds its key
+(`api_key_env`), and the key is read only when the client is built. A `.env` file in the working
+directory is honoured (it never overrides variables already set), as the earlier scripts' users expect.
+
+Model names resolve, in order: `local` / `local:PATH.gguf`; an alias under `models:`; a prefix
+`argo:ID`, `anthropic:ID`, `openai:ID`; the configured `default_endpoint`; `--base-url`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
+CONFIG_SEARCH = ("synthtrace.yaml", "synthtrace.yml", "~/.config/synthtrace/config.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says where."""
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai", "anthropic", "argo", "local"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    user_env: str | None = None  # Argo: variable holding the user name (default ARGO_USER)
+    structured: Literal["json_schema", "json_object", "none"] = "json_schema"
+    timeout: float = 600.0
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    headers: dict[str, str] = Field(default_factory=dict)  # non-secret extra headers
+    model_path: str | None = None  # local: a GGUF file
+    n_ctx: int = 4096
+
+
+class ModelAlias(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str
+    model: str  # the provider's id
+    params: dict[str, Any] = Field(default_factory=dict)  # default generation params
+
+
+class Price(BaseModel):
+    input: float  # USD per 1M prompt tokens
+    output: float  # USD per 1M completion tokens
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 6
+    structured_reasks: int = 2
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str | None = None
+    default_endpoint: str | None = None
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    models: dict[str, ModelAlias] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    recipes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: str | None = None  # where it was read from (set by load_config)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A model name as the user wrote it, bound to an endpoint and the provider's id."""
+
+    alias: str
+    endpoint_name: str
+    endpoint: Endpoint
+    model: str
+    params: dict[str, Any]
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoint.kind == "local"
+
+
+def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
+    """Honour a `.env` file in the working directory without overriding the real environment."""
+    if Path(path).is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the YAML config at `path`, or the first of CONFIG_SEARCH that exists, or defaults."""
+    candidates = [Path(path)] if path else [Path(p).expanduser() for p in CONFIG_SEARCH]
+    for p in candidates:
+        if not p.is_file():
+            if path:
+                raise ConfigError(f"config file not found: {p}")
+            continue
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        try:
+            cfg = Config.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise ConfigError(f"{p}: {loc}: {first['msg']} ({len(e.errors())} problem(s))") from None
+        cfg.source = str(p)
+        for name, alias in cfg.models.items():
+            if alias.endpoint not in cfg.endpoints:
+                raise ConfigError(f"{p}: models.{name}: unknown endpoint {alias.endpoint!r}")
+        return cfg
+    return Config()
+
+
+def with_cli_endpoint(cfg: Config, base_url: str | None, api_key_env: str | None = None) -> Config:
+    """`--base-url` adds an OpenAI-compatible endpoint named `cli` and makes it the default."""
+    if not base_url:
+        return cfg
+    env = api_key_env or next((v for v in ("SYNTHTRACE_API_KEY", "OPENAI_API_KEY") if os.environ.get(v)), None)
+    endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=base_url, api_key_env=env)}
+    return cfg.model_copy(update={"endpoints": endpoints, "default_endpoint": "cli"})
+
+
+_BUILTIN = {
+    "openai": lambda: Endpoint(kind="openai", base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                               api_key_env="OPENAI_API_KEY"),
+    "anthropic": lambda: Endpoint(kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY"),
+    "argo": lambda: Endpoint(kind="argo", base_url=os.environ.get("ARGO_BASE_URL", ARGO_CHAT_URL), user_env="ARGO_USER"),
+}
+
+
+def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
+    """Bind a model name to an endpoint; `None` means the configured default or the embedded model."""
+    name = name or cfg.default_model or "local"
+    if name == "local" or name.startswith("local:"):
+        path = name.partition(":")[2] or None
+        ep = cfg.endpoints.get("local") or Endpoint(kind="local")
+        if path:
+            ep = ep.model_copy(update={"model_path": path})
+        return ResolvedModel(name, "local", ep, path or ep.model_path or "smollm2-135m-instruct", {})
+    if name in cfg.models:
+        alias = cfg.models[name]
+        return ResolvedModel(name, alias.endpoint, cfg.endpoints[alias.endpoint], alias.model, dict(alias.params))
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _BUILTIN:
+        ep = cfg.endpoints.get(prefix) or _BUILTIN[prefix]()
+        return ResolvedModel(name, prefix, ep, rest, {})
+    if cfg.default_endpoint:
+        if cfg.default_endpoint not in cfg.endpoints:
+            raise ConfigError(f"default_endpoint {cfg.default_endpoint!r} is not among the endpoints")
+        return ResolvedModel(name, cfg.default_endpoint, cfg.endpoints[cfg.default_endpoint], name, {})
+    raise ConfigError(
+        f"no endpoint for model {name!r}: give --base-url URL, define it under `models:` in a config "
+        f"file, write it as openai:{name} / anthropic:{name} / argo:{name}, or use `local`"
+    )
+
+
+def secret(env_name: str | None) -> str | None:
+    """Read a secret from the environment; the value is never stored or logged by synthtrace."""
+    return os.environ.get(env_name) if env_name else None

@@ -1,0 +1,301 @@
+"""The gateway: the one door every LLM call goes through.
+
+    await llm.chat(messages, model="judge", schema=Verdict, sample=k, temperature=0.7)
+
+journal (replay, or record before returning) → budget → limiter → client, with bounded retries:
+exponential backoff with jitter for 5xx, timeouts, dropped connections and malformed bodies; 429s
+wait their Retry-After and feed the limiter's AIMD; other 4xx fail at once with the provider's
+message. Structured output is validated here for every backend, with tolerant parsing and a
+bounded number of re-asks. Identical requests in flight at the same time are sent once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from synthtrace.config import Config, ResolvedModel, resolve_model, secret
+from synthtrace.engine.cost import Budget, PriceTable
+from synthtrace.engine.journal import Journal, request_key
+from synthtrace.engine.limiter import Limiter
+from synthtrace.engine.structured import SchemaSpec, reask_message
+from synthtrace.llm.base import Client
+from synthtrace.types import (BudgetExceeded, ChatRequest, ChatResult, FatalError, Message, RateLimited,
+                              RetryableError, StructuredOutputError)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+DEFAULT_COMPLETION_GUESS = 512
+
+
+@dataclass(slots=True)
+class Reply:
+    """A model's answer as a recipe sees it."""
+
+    text: str
+    reasoning: str | None
+    parsed: Any  # the validated structured output (pydantic instance or dict), when a schema was given
+    model: str  # alias as the recipe asked
+    provider_model: str
+    key: str
+    cached: bool
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    finish_reason: str | None
+
+    def call_record(self) -> dict[str, Any]:
+        """What a row's provenance keeps about this call."""
+        return {"model": self.model, "provider_model": self.provider_model, "key": self.key, "cached": self.cached,
+                "attempts": self.attempts, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 8)}
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    calls: int = 0  # answered by a provider in this process
+    replayed: int = 0  # answered from the journal
+    retries: int = 0
+    throttled: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0  # paid in this process
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    name: str
+    client: Client
+    limiter: Limiter
+
+
+def build_client(name: str, resolved: ResolvedModel) -> Client:
+    """A client for an endpoint; keys are read from the environment here and nowhere else."""
+    ep = resolved.endpoint
+    if ep.kind == "local":
+        from synthtrace.llm.local import LocalClient  # imported lazily: llama.cpp is an optional extra
+
+        return LocalClient(model_path=ep.model_path, n_ctx=ep.n_ctx, max_concurrency=ep.concurrency or 1)
+    if not ep.base_url:
+        raise FatalError(f"endpoint {name!r} has no base_url")
+    key = secret(ep.api_key_env)
+    if ep.api_key_env and not key:
+        raise FatalError(f"endpoint {name!r}: environment variable {ep.api_key_env} is not set")
+    if ep.kind == "anthropic":
+        from synthtrace.llm.anthropic import AnthropicClient
+
+        return AnthropicClient(ep.base_url, key, name=name, timeout=ep.timeout)
+    if ep.kind == "argo":
+        from synthtrace.llm.argo import ArgoClient
+
+        return ArgoClient(ep.base_url, secret(ep.user_env or "ARGO_USER"), name=name, timeout=ep.timeout, api_key=key)
+    from synthtrace.llm.openai import OpenAIClient
+
+    return OpenAIClient(ep.base_url, key, name=name, structured=ep.structured, timeout=ep.timeout,
+                        extra_headers=ep.headers)
+
+
+class Gateway:
+    def __init__(self, config: Config, journal: Journal, *, budget: Budget | None = None, fresh: bool = False,
+                 concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
+                 default_model: str | None = None):
+        self.config = config
+        self.journal = journal
+        self.budget = budget or Budget(None)
+        self.prices = PriceTable(config.prices)
+        self.default_model = default_model
+        self.stats = GatewayStats()
+        self._replay_after = time.time() if fresh else None
+        self._overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm}
+        self._resolved: dict[str | None, ResolvedModel] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._pending: dict[str, asyncio.Future[tuple[ChatResult, float]]] = {}
+        self._completion_avg: dict[str, float] = {}
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def resolve(self, model: str | None) -> ResolvedModel:
+        r = self._resolved.get(model)
+        if r is None:
+            r = self._resolved[model] = resolve_model(self.config, model or self.default_model)
+        return r
+
+    def _endpoint(self, r: ResolvedModel) -> _Endpoint:
+        ep = self._endpoints.get(r.endpoint_name)
+        if ep is None:
+            client = build_client(r.endpoint_name, r)
+            limits = self.config.limits
+            conc = self._overrides["concurrency"] or r.endpoint.concurrency or limits.concurrency
+            limiter = Limiter(conc, self._overrides["rpm"] or r.endpoint.rpm or limits.rpm,
+                              self._overrides["tpm"] or r.endpoint.tpm or limits.tpm, hard_cap=client.max_concurrency)
+            ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, client, limiter)
+        return ep
+
+    @property
+    def in_flight(self) -> int:
+        return sum(ep.limiter.in_flight for ep in self._endpoints.values())
+
+    # -- the door -------------------------------------------------------------------------------
+
+    async def chat(self, messages: list[Message], *, model: str | None = None,
+                   schema: type[BaseModel] | dict[str, Any] | None = None, sample: int = 0,
+                   reasks: int | None = None, **params: Any) -> Reply:
+        r = self.resolve(model)
+        merged = {**r.params, **{k: v for k, v in params.items() if v is not None}}
+        spec = SchemaSpec.of(schema) if schema is not None else None
+        reasks = self.config.limits.structured_reasks if reasks is None else reasks
+        convo = list(messages)
+        attempts = 0
+        for ask in range(reasks + 1):
+            result, cost, key, cached, n = await self._call(r, convo, merged, spec, sample)
+            attempts += n
+            reply = Reply(result.text, result.reasoning, None, r.alias, r.model, key, cached, attempts,
+                          result.usage.prompt_tokens, result.usage.completion_tokens, cost, result.finish_reason)
+            if spec is None:
+                return reply
+            try:
+                reply.parsed = spec.parse(result)
+                return reply
+            except ValueError as e:
+                problem = str(e)
+                if ask == reasks:
+                    raise StructuredOutputError(
+                        f"{r.alias}: no valid {spec.name} after {reasks + 1} answer(s): {problem}", result.text
+                    ) from None
+                convo = [*convo, {"role": "assistant", "content": result.text}, reask_message(problem)]
+        raise AssertionError("unreachable")
+
+    async def _call(self, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
+                    spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, str, bool, int]:
+        ep = self._endpoint(r)
+        model_id = f"{r.endpoint.kind}:{r.endpoint.base_url or ''}:{r.model}"
+        key = request_key(model_id, messages, params, spec.schema if spec else None, sample)
+        entry = self.journal.get(key, since=self._replay_after)
+        if entry is not None:
+            self.stats.replayed += 1
+            return entry.result, entry.cost_usd, key, True, 0
+        pending = self._pending.get(key)
+        if pending is not None:  # the same request is already on its way: share its answer
+            result, cost = await asyncio.shield(pending)
+            return result, cost, key, True, 0
+        fut: asyncio.Future[tuple[ChatResult, float]] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            result, cost, attempts = await self._send(ep, r, messages, params, spec, sample)
+            self.journal.put(key, ep.name, r.model, result, cost)
+            fut.set_result((result, cost))
+            return result, cost, key, False, attempts
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._pending[key]
+
+    async def _send(self, ep: _Endpoint, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
+                    spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, int]:
+        local = r.is_local
+        prompt_est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+        completion_est = int(params.get("max_tokens") or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
+        estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est)
+        if not self.budget.reserve(estimate):
+            raise BudgetExceeded(f"--max-usd {self.budget.max_usd} would be passed "
+                                 f"(spent ${self.budget.spent:.4f}, next call ~${estimate:.4f})")
+        req = ChatRequest(r.model, messages, params, spec.schema if spec else None, spec.name if spec else "response")
+        if sample and "seed" not in params and local:
+            req.params = {**params, "seed": sample}
+        max_retries = self.config.limits.max_retries
+        errors = throttles = 0
+        tokens_est = prompt_est + completion_est
+        try:
+            while True:
+                await ep.limiter.acquire(tokens_est)
+                try:
+                    result = await ep.client.chat(req)
+                except RateLimited as e:
+                    ep.limiter.release()
+                    ep.limiter.on_throttle(e.retry_after)
+                    throttles += 1
+                    self.stats.throttled += 1
+                    if throttles > max_retries * 5:
+                        raise
+                    await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
+                    continue
+                except RetryableError:
+                    ep.limiter.release()
+                    errors += 1
+                    if errors > max_retries:
+                        self.stats.failures += 1
+                        raise
+                    self.stats.retries += 1
+                    await asyncio.sleep(_backoff(errors))
+                    continue
+                except BaseException:
+                    ep.limiter.release()
+                    self.stats.failures += 1
+                    raise
+                ep.limiter.release()
+                usage = result.usage
+                ep.limiter.on_success(tokens_est, usage.total_tokens)
+                break
+        except BaseException:
+            self.budget.settle(estimate, 0.0)
+            raise
+        cost = self.prices.cost(r.model, usage.prompt_tokens, usage.completion_tokens, local=local)
+        self.budget.settle(estimate, cost)
+        st = self.stats
+        st.calls += 1
+        st.prompt_tokens += usage.prompt_tokens
+        st.completion_tokens += usage.completion_tokens
+        st.cost_usd += cost
+        avg = self._completion_avg.get(r.model)
+        self._completion_avg[r.model] = usage.completion_tokens if avg is None else 0.9 * avg + 0.1 * usage.completion_tokens
+        return result, cost, errors + throttles + 1
+
+    async def aclose(self) -> None:
+        for ep in self._endpoints.values():
+            await ep.client.aclose()
+        self._endpoints.clear()
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: ~0.25–0.5 s, then 0.5–1 s, 1–2 s … capped."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _jitter(retry_after: float) -> float:
+    """Honour Retry-After, spreading the retries over a further 10 % so they do not arrive as one wave."""
+    return min(retry_after, 300.0) * random.uniform(1.0, 1.1)
+
+
+class RecordLLM:
+    """The `llm` handle a recipe receives for one record: the gateway, plus a log of its calls."""
+
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+        self.calls: list[dict[str, Any]] = []
+
+    async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
+        reply = await self._gateway.chat(messages, **kwargs)
+        self.calls.append(reply.call_record())
+        return reply
+
+    def resolve(self, model: str | None) -> ResolvedModel:
+        return self._gateway.resolve(model)
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return sum(c["prompt_tokens"] for c in self.calls), sum(c["completion_tokens"] for c in self.calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c["cost_usd"] for c in self.calls)

@@ -1,0 +1,85 @@
+"""Streaming input: records one at a time with their line numbers, bad lines named and kept apart.
+
+A file is read lazily, so a million-line input costs the memory of one line. Each problem (invalid
+UTF-8, invalid JSON, not an object) becomes a `BadInput` that names the file and line; the run
+puts it in rejected.jsonl and goes on with the good lines (or stops first, with --strict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class Record:
+    id: str
+    data: dict[str, Any]
+    source: str
+    line: int  # 1-based line (or CSV row) in `source`
+
+
+@dataclass(slots=True)
+class BadInput:
+    source: str
+    line: int
+    reason: str
+    raw: str = ""
+    id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def message(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+    def to_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": self.id, "reason": self.reason, "source": self.source, "line": self.line}
+        if self.raw:
+            entry["raw"] = self.raw[:500]
+        return entry | self.extra
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]] | BadInput]:
+    """(line number, object) for each non-blank line, or a BadInput that says what is wrong."""
+    source = str(path)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield BadInput(source, n, f"invalid UTF-8 at byte {e.start}", raw[:200].decode("utf-8", "replace"))
+                continue
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                yield BadInput(source, n, f"invalid JSON: {e}", text.strip())
+                continue
+            if not isinstance(obj, dict):
+                yield BadInput(source, n, f"expected a JSON object, got {type(obj).__name__}", text.strip())
+                continue
+            yield n, obj
+
+
+def record_id(value: Any) -> str | None:
+    """An id as the run keys it: strings and integers, never empty."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (str, int)):
+        s = str(value)
+        return s if s.strip() else None
+    return None
+
+
+def count_lines(path: str | Path) -> int:
+    """Non-blank lines, counted fast (for progress totals)."""
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+    return n

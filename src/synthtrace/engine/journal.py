@@ -1,0 +1,111 @@
+"""The request journal: every successful response, durably recorded before its caller sees it.
+
+SQLite in WAL mode, keyed by a hash of the canonical request (resolved model and endpoint,
+messages, params, schema, sample index), never by code. A re-run with the same requests replays
+from here and pays nothing; `kill -9` loses at most the calls that were still in flight. WAL with
+synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
+transactions of a power cut for a commit that costs microseconds instead of an fsync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from synthtrace.types import ChatResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created REAL NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    result BLOB NOT NULL
+);
+"""
+
+
+def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
+                schema: dict[str, Any] | None, sample: int) -> str:
+    """Hash of the canonical request. Same request → same key, in any process, any code version."""
+    canonical = orjson.dumps(
+        {"model": model_id, "messages": messages, "params": params, "schema": schema, "sample": sample},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    result: ChatResult
+    cost_usd: float
+
+
+class Journal:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def get(self, key: str, since: float | None = None) -> JournalEntry | None:
+        """The recorded answer for `key` (only one recorded at or after `since`, when given)."""
+        if since is None:
+            row = self._db.execute("SELECT result, cost_usd FROM calls WHERE key = ?", (key,)).fetchone()
+        else:
+            row = self._db.execute("SELECT result, cost_usd FROM calls WHERE key = ? AND created >= ?",
+                                   (key, since)).fetchone()
+        if row is None:
+            return None
+        return JournalEntry(ChatResult.from_dict(orjson.loads(row[0])), row[1])
+
+    def put(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
+        """Record a response; committed (in the WAL) when this returns."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
+             cost_usd, orjson.dumps(result.to_dict())),
+        )
+
+    def total_cost(self) -> float:
+        return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()[0]
+
+    def stats(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT endpoint, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
+            "SUM(LENGTH(result)), MIN(created), MAX(created) FROM calls GROUP BY endpoint, model ORDER BY 3 DESC"
+        ).fetchall()
+        keys = ("endpoint", "model", "calls", "prompt_tokens", "completion_tokens", "cost_usd", "bytes", "first", "last")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def prune(self, older_than_s: float | None = None, model: str | None = None) -> int:
+        clauses, args = [], []
+        if older_than_s is not None:
+            clauses.append("created < ?")
+            args.append(time.time() - older_than_s)
+        if model is not None:
+            clauses.append("model = ?")
+            args.append(model)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        n = self._db.execute(f"DELETE FROM calls{where}", args).rowcount
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("VACUUM")
+        return n
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._db.close()

@@ -1,0 +1,135 @@
+"""Admission control for one endpoint: concurrency (AIMD), requests/min and tokens/min.
+
+Concurrency starts at the configured ceiling. A 429 cuts it to what the server was actually
+holding (the requests still in flight) and, once per cool-down, by a further 10 %; successes add it
+back slowly (about one slot per window of successes), and more slowly still near the level that
+last drew a 429. A throttled request waits its Retry-After and then queues again like any other:
+retries never bypass admission, so they cannot turn into a 429 storm. When a 429 leaves nothing of
+ours in flight, the server is refusing everything: its Retry-After pauses the whole endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+
+class TokenBucket:
+    """Smooth rate: `rate` units per second, bursts of at most `capacity`; debt allowed."""
+
+    def __init__(self, per_minute: float, burst_seconds: float = 6.0):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_time(self, amount: float) -> float:
+        """Seconds until `amount` can be taken (0 when it can be now)."""
+        self._refill()
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+
+class Limiter:
+    def __init__(self, concurrency: int, rpm: float | None = None, tpm: float | None = None,
+                 hard_cap: int | None = None):
+        self.ceiling = max(1, min(concurrency, hard_cap) if hard_cap else concurrency)
+        self.limit = float(self.ceiling)
+        self.in_flight = 0
+        self.rpm = TokenBucket(rpm) if rpm else None
+        self.tpm = TokenBucket(tpm) if tpm else None
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._paused_until = 0.0
+        self._cooldown_until = 0.0
+        self._last_throttle_level = float("inf")
+        self.throttled = 0
+
+    # -- admission ------------------------------------------------------------------------------
+
+    async def acquire(self, tokens: int = 0) -> None:
+        while True:
+            now = time.monotonic()
+            if now < self._paused_until:
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            if self.in_flight >= int(self.limit) or self._waiters:
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                except asyncio.CancelledError:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
+                    elif not fut.cancelled():
+                        self._wake()
+                    raise
+                if self.in_flight >= int(self.limit):
+                    continue
+            wait = max(self.rpm.wait_time(1) if self.rpm else 0.0, self.tpm.wait_time(tokens) if self.tpm else 0.0)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if self.in_flight >= int(self.limit):
+                continue
+            self.in_flight += 1
+            if self.rpm:
+                self.rpm.take(1)
+            if self.tpm:
+                self.tpm.take(tokens)
+            self._wake()
+            return
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = int(self.limit) - self.in_flight
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+    # -- feedback -------------------------------------------------------------------------------
+
+    def on_success(self, estimated_tokens: int = 0, actual_tokens: int = 0) -> None:
+        if self.tpm and actual_tokens < estimated_tokens:
+            self.tpm.give_back(estimated_tokens - actual_tokens)
+        elif self.tpm and actual_tokens > estimated_tokens:
+            self.tpm.take(actual_tokens - estimated_tokens)
+        if self.limit >= self.ceiling or time.monotonic() < self._cooldown_until:
+            return
+        step = 1.0 / self.limit
+        if self.limit + 1 >= self._last_throttle_level:
+            step /= 4  # probe gently near the level that was refused last time
+        self.limit = min(float(self.ceiling), self.limit + step)
+        self._wake()
+
+    def on_throttle(self, retry_after: float | None) -> None:
+        """A 429 came back (the request's slot is already released)."""
+        self.throttled += 1
+        now = time.monotonic()
+        wait = retry_after if retry_after is not None else 1.0
+        holding = max(1.0, float(self.in_flight))
+        if now >= self._cooldown_until:
+            self._last_throttle_level = min(self.limit, holding + 1)
+            self.limit = max(1.0, min(self.limit, holding) * 0.9)
+        else:
+            self.limit = max(1.0, min(self.limit, holding))
+        self._cooldown_until = now + wait
+        if self.in_flight == 0:  # the server is holding nothing of ours: it is refusing everything
+            self._paused_until = max(self._paused_until, now + wait)

@@ -1,0 +1,88 @@
+"""Progress as a person watches it: rows done/total, requests in flight, tokens/s, $ so far, ETA.
+
+A rich progress bar on a terminal; with --quiet (or no terminal) a plain log line every few seconds
+on stderr. Either way the figures are read from the gateway's counters, never recomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from synthtrace.engine.gateway import Gateway
+
+
+class _LiveStats(ProgressColumn):
+    def __init__(self, gateway: Gateway):
+        super().__init__()
+        self.gateway = gateway
+
+    def render(self, task: Any) -> Text:
+        return Text(stats_line(self.gateway), style="dim")
+
+
+def stats_line(gateway: Gateway) -> str:
+    st = gateway.stats
+    elapsed = max(1e-6, time.monotonic() - st.started)
+    tps = (st.prompt_tokens + st.completion_tokens) / elapsed
+    extra = f" · {st.replayed} replayed" if st.replayed else ""
+    if st.retries or st.throttled:
+        extra += f" · {st.retries} retries · {st.throttled}×429"
+    return f"{gateway.in_flight} in flight · {tps:,.0f} tok/s · ${st.cost_usd:.4f}{extra}"
+
+
+class RunProgress:
+    def __init__(self, gateway: Gateway, total: int | None, quiet: bool, console: Console, label: str):
+        self.gateway = gateway
+        self.total = total
+        self.done = 0
+        self.rejected = 0
+        self.quiet = quiet or not console.is_terminal
+        self.console = console
+        self.label = label
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._logger: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> RunProgress:
+        if self.quiet:
+            self._logger = asyncio.get_running_loop().create_task(self._log_every(10.0))
+        else:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("rows"), TimeRemainingColumn(), _LiveStats(self.gateway),
+                console=self.console, refresh_per_second=4, transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, rejected: bool = False) -> None:
+        self.done += 1
+        self.rejected += rejected
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def skip(self, n: int) -> None:
+        """Records already done in an earlier run: counted toward the total, not re-run."""
+        if self._progress is not None and n:
+            self._progress.advance(self._task, n)
+
+    async def _log_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            total = f"/{self.total}" if self.total else ""
+            print(f"[synthtrace] {self.label}: {self.done}{total} records · {stats_line(self.gateway)}",
+                  file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._logger is not None:
+            self._logger.cancel()
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,256 @@
+"""The runner: records in, rows out, nothing lost.
+
+A producer streams the input (bad lines to rejected.jsonl with file and line, duplicate ids
+refused, records already in rows.jsonl skipped) into a bounded queue; workers hand each record to
+the recipe with a fresh `llm` handle and append its rows with provenance. Every record ends as
+rows, as a rejected entry with a reason, or — when the budget stops the run — untouched, to be
+done by the next run of the same command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from synthtrace import __version__
+from synthtrace.config import Config, resolve_model
+from synthtrace.engine.cost import Budget, PriceTable
+from synthtrace.engine.gateway import Gateway, RecordLLM
+from synthtrace.engine.inputs import BadInput, Record
+from synthtrace.engine.journal import Journal
+from synthtrace.engine.progress import RunProgress
+from synthtrace.engine.store import RunStore
+from synthtrace.recipes import Recipe
+from synthtrace.types import BudgetExceeded, LLMError, Rejected
+
+log = logging.getLogger("synthtrace")
+
+
+@dataclass
+class RunSettings:
+    input: Path
+    output: Path
+    model: str | None = None
+    max_records: int | None = None
+    fresh: bool = False
+    strict: bool = False
+    quiet: bool = False
+    max_usd: float | None = None
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    journal: Path | None = None  # default: OUTDIR/journal.db
+
+
+@dataclass
+class RunResult:
+    status: str  # complete | budget | interrupted | invalid-input
+    records_done: int = 0
+    records_skipped: int = 0
+    records_rejected: int = 0
+    rows_written: int = 0
+    bad_input: int = 0
+    elapsed_s: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    pass
+
+
+async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
+                     console: Console | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    store = RunStore(settings.output)
+    if settings.strict:
+        problems = [item for item in recipe.records(settings.input) if isinstance(item, BadInput)]
+        if problems:
+            for p in problems[:20]:
+                console.print(f"[red]{p.message()}[/red]")
+            return RunResult("invalid-input", bad_input=len(problems),
+                             messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
+    store.open(fresh=settings.fresh)
+    journal = Journal(settings.journal or store.journal_path)
+    budget = Budget(settings.max_usd, already_spent=0.0 if settings.fresh else journal.total_cost())
+    gateway = Gateway(config, journal, budget=budget, fresh=settings.fresh, concurrency=settings.concurrency,
+                      rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model)
+    result = RunResult("complete")
+    if store.repaired_bytes:
+        result.messages.append(f"repaired {store.rows_path}: cut a torn last line ({store.repaired_bytes} bytes)")
+    for n in store.unreadable_lines[:5]:
+        result.messages.append(f"{store.rows_path}:{n}: unreadable row kept as is (its record will be redone)")
+    manifest = _manifest(recipe, settings, config, gateway, "running")
+    store.write_manifest(manifest)
+    total = recipe.count(settings.input)
+    if settings.max_records is not None and total is not None:
+        total = min(total, settings.max_records)
+    started = time.monotonic()
+    limits = config.limits
+    workers = max(4, 2 * (settings.concurrency or limits.concurrency))
+    queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
+    stop = asyncio.Event()
+
+    def reject(entry: dict[str, Any], message: str | None = None) -> None:
+        store.reject(entry)
+        if message:
+            console.print(f"[yellow]{message}[/yellow]", highlight=False)
+
+    async def produce(progress: RunProgress) -> None:
+        taken = 0
+        for item in recipe.records(settings.input):
+            if stop.is_set():
+                break
+            if settings.max_records is not None and taken >= settings.max_records:
+                break
+            taken += 1
+            if isinstance(item, BadInput):
+                result.bad_input += 1
+                reject(item.to_entry(), item.message())
+                progress.advance(rejected=True)
+                continue
+            earlier = store.index.first_seen(item.id, item.line)
+            if earlier is not None:
+                bad = BadInput(item.source, item.line, f"duplicate id {item.id!r} (first at line {earlier})", id=item.id)
+                result.bad_input += 1
+                reject(bad.to_entry(), bad.message())
+                progress.advance(rejected=True)
+                continue
+            if store.is_done(item.id):
+                result.records_skipped += 1
+                progress.skip(1)
+                continue
+            await queue.put(item)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def work(progress: RunProgress) -> None:
+        while (record := await queue.get()) is not None:
+            if stop.is_set():
+                continue
+            llm = RecordLLM(gateway)
+            try:
+                rows = await recipe.process(record, llm)
+            except BudgetExceeded as e:
+                if not stop.is_set():
+                    result.messages.append(f"stopped before the budget was passed: {e}")
+                stop.set()
+                result.status = "budget"
+                continue
+            except Rejected as e:
+                _reject_record(reject, record, e.reason, llm, e.details)
+                result.records_rejected += 1
+                progress.advance(rejected=True)
+                continue
+            except LLMError as e:
+                _reject_record(reject, record, str(e), llm, {"error": e.__class__.__name__})
+                result.records_rejected += 1
+                progress.advance(rejected=True)
+                continue
+            except Exception as e:  # a recipe bug must not take the run down with it
+                log.debug("recipe error", exc_info=True)
+                _reject_record(reject, record, f"internal error: {e.__class__.__name__}: {e}", llm,
+                               {"traceback": traceback.format_exc(limit=5)})
+                result.records_rejected += 1
+                progress.advance(rejected=True)
+                continue
+            for row in rows:
+                row["provenance"] = _provenance(recipe, record, llm, row.get("provenance"))
+            store.write_rows(record.id, rows)
+            result.records_done += 1
+            progress.advance()
+
+    try:
+        with RunProgress(gateway, total, settings.quiet, console, recipe.name) as progress:
+            tasks = [asyncio.create_task(work(progress)) for _ in range(workers)]
+            producer = asyncio.create_task(produce(progress))
+            try:
+                await asyncio.gather(producer, *tasks)
+            except BaseException:
+                for t in (producer, *tasks):
+                    t.cancel()
+                await asyncio.gather(producer, *tasks, return_exceptions=True)
+                raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        result.status = "interrupted"
+        raise
+    finally:
+        result.elapsed_s = time.monotonic() - started
+        result.rows_written = store.rows_written
+        result.stats = _stats(gateway)
+        result.recipe = recipe.summary()
+        if gateway.prices.unpriced:
+            result.messages.append("no price known for " + ", ".join(sorted(gateway.prices.unpriced)) +
+                                   ": their cost counts as 0 (add them under `prices:` in the config)")
+        manifest.update(status=result.status, finished=time.time(), result=asdict(result))
+        store.write_manifest(manifest)
+        await gateway.aclose()
+        journal.close()
+        store.close()
+    return result
+
+
+def _reject_record(reject: Any, record: Record, reason: str, llm: RecordLLM, details: dict[str, Any]) -> None:
+    entry = {"id": record.id, "reason": reason, "source": record.source, "line": record.line,
+             "calls": llm.calls, **details}
+    reject(entry, f"{record.source}:{record.line}: {record.id}: {reason}")
+
+
+def _provenance(recipe: Recipe, record: Record, llm: RecordLLM, extra: dict[str, Any] | None) -> dict[str, Any]:
+    prompt_tokens, completion_tokens = llm.tokens
+    prov = {"recipe": recipe.name, "prompt_version": recipe.prompt_version, "record_id": record.id,
+            "source": {"file": record.source, "line": record.line}, "calls": llm.calls,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "cost_usd": round(llm.cost_usd, 8), "synthtrace": __version__}
+    if extra:
+        prov.update(extra)
+    return prov
+
+
+def _stats(gateway: Gateway) -> dict[str, Any]:
+    st = gateway.stats
+    return {"calls": st.calls, "replayed": st.replayed, "retries": st.retries, "throttled": st.throttled,
+            "failures": st.failures, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+            "cost_usd": round(st.cost_usd, 6), "cost_usd_total": round(gateway.budget.spent, 6)}
+
+
+def _manifest(recipe: Recipe, settings: RunSettings, config: Config, gateway: Gateway, status: str) -> dict[str, Any]:
+    try:
+        r = gateway.resolve(settings.model)
+        model = {"alias": r.alias, "endpoint": r.endpoint_name, "kind": r.endpoint.kind, "model": r.model,
+                 "base_url": r.endpoint.base_url}
+    except Exception as e:  # resolution errors surface on the first call, with the record they hit
+        model = {"alias": settings.model, "error": str(e)}
+    return {"synthtrace": __version__, "recipe": recipe.name, "prompt_version": recipe.prompt_version,
+            "status": status, "started": time.time(), "argv": sys.argv[1:], "input": str(settings.input),
+            "model": model, "config": config.source,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}}
+
+
+def dry_run(recipe: Recipe, settings: RunSettings, config: Config) -> dict[str, Any]:
+    """What the run would cost, from the input alone: nothing is sent, nothing is written."""
+    records = bad = calls = prompt = completion = 0
+    for item in recipe.records(settings.input):
+        if settings.max_records is not None and records + bad >= settings.max_records:
+            break
+        if isinstance(item, BadInput):
+            bad += 1
+            continue
+        records += 1
+        c, p, o = recipe.estimate(item)
+        calls, prompt, completion = calls + c, prompt + p, completion + o
+    r = resolve_model(config, settings.model)
+    prices = PriceTable(config.prices)
+    cost = prices.cost(r.model, prompt, completion, local=r.is_local)
+    return {"records": records, "bad_input": bad, "calls": calls, "prompt_tokens": prompt,
+            "completion_tokens": completion, "model": r.alias, "provider_model": r.model,
+            "cost_usd": round(cost, 4), "priced": r.is_local or prices.lookup(r.model) is not None}

@@ -1,0 +1,167 @@
+"""The run directory: rows.jsonl, rejected.jsonl, manifest.json and journal.db.
+
+Rows are appended as records finish, all rows of one record in a single write, so a killed
+process leaves at most one torn line at the end; reopening repairs it (truncates it) and never
+counts it. Which records are done is read back from the rows themselves (`provenance.record_id`).
+Ids seen and done live in a small on-disk SQLite index, so a million-line input runs in memory
+that does not grow with its size.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROWS = "rows.jsonl"
+REJECTED = "rejected.jsonl"
+MANIFEST = "manifest.json"
+JOURNAL = "journal.db"
+
+
+class IdIndex:
+    """Set-like index of ids on disk: `seen` (input ids, with their line) and `done` (ids with rows)."""
+
+    def __init__(self, directory: Path):
+        fd, self._path = tempfile.mkstemp(prefix=".ids-", suffix=".sqlite", dir=directory)
+        os.close(fd)
+        self._db = sqlite3.connect(self._path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("BEGIN")
+        self._pending = 0
+
+    def _tick(self) -> None:
+        self._pending += 1
+        if self._pending >= 5000:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+            self._pending = 0
+
+    def mark_done(self, record_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO done VALUES (?)", (record_id,))
+        self._tick()
+
+    def is_done(self, record_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM done WHERE id = ?", (record_id,)).fetchone() is not None
+
+    def first_seen(self, record_id: str, line: int) -> int | None:
+        """Record that `record_id` appears at `line`; return the earlier line if it was seen before."""
+        cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (record_id, line))
+        self._tick()
+        if cur.rowcount:
+            return None
+        return self._db.execute("SELECT line FROM seen WHERE id = ?", (record_id,)).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+        Path(self._path).unlink(missing_ok=True)
+
+
+class RunStore:
+    def __init__(self, outdir: str | Path):
+        self.dir = Path(outdir)
+        self.rows_path = self.dir / ROWS
+        self.rejected_path = self.dir / REJECTED
+        self.manifest_path = self.dir / MANIFEST
+        self.journal_path = self.dir / JOURNAL
+        self.rows_written = 0
+        self.rejected_written = 0
+        self.resumed_records = 0
+        self.repaired_bytes = 0
+        self.unreadable_lines: list[int] = []
+
+    def open(self, fresh: bool = False) -> None:
+        """Create or reopen the run dir: repair a torn tail, index finished records."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index = IdIndex(self.dir)
+        if fresh:
+            self.rows_path.unlink(missing_ok=True)
+        self.repaired_bytes = repair_torn_tail(self.rows_path)
+        if self.rows_path.exists():
+            self._index_finished()
+        # A rejection is not work done: the records it names are tried again, and rejected.jsonl
+        # says what happened in the latest run.
+        self.rejected_path.unlink(missing_ok=True)
+        self._rows = open(self.rows_path, "ab", buffering=0)
+        self._rejected = open(self.rejected_path, "ab", buffering=0)
+
+    def _index_finished(self) -> None:
+        with open(self.rows_path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    row = orjson.loads(line)
+                    record_id = row["provenance"]["record_id"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    self.unreadable_lines.append(n)
+                    continue
+                if not self.index.is_done(record_id):
+                    self.index.mark_done(record_id)
+                    self.resumed_records += 1
+
+    def is_done(self, record_id: str) -> bool:
+        return self.index.is_done(record_id)
+
+    def write_rows(self, record_id: str, rows: list[dict[str, Any]]) -> None:
+        """Append all rows of one record in one write: a record is in rows.jsonl whole or not at all."""
+        self._rows.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        self.index.mark_done(record_id)
+        self.rows_written += len(rows)
+
+    def reject(self, entry: dict[str, Any]) -> None:
+        self._rejected.write(orjson.dumps(entry, default=str) + b"\n")
+        self.rejected_written += 1
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_atomic(self.manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2, default=str))
+
+    def close(self) -> None:
+        for f in (getattr(self, "_rows", None), getattr(self, "_rejected", None)):
+            if f is not None:
+                f.close()
+        if hasattr(self, "index"):
+            self.index.close()
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a last line that a killed process left unfinished; return the bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        step = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - step)
+            f.seek(start)
+            chunk = f.read(end - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

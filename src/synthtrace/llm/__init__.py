@@ -1,0 +1,1 @@
+"""Provider clients: each turns a ChatRequest into a ChatResult over one lean HTTP stack (or in-process)."""

@@ -1,0 +1,59 @@
+"""Argo's native chat API (Argonne's LLM gateway), which the science tool's users run on.
+
+POST {user, model, messages, stop, temperature, top_p, max_tokens} → {"response": text}. The gpt4*
+and o-series ids take `max_completion_tokens` and no temperature. No usage comes back, so tokens are
+estimated (about four characters a token) and marked `estimated`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from synthtrace.llm.base import HTTPClient, malformed
+from synthtrace.llm.reasoning import split_think
+from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
+
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(gpt4|gpto|o\d)", re.IGNORECASE)
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4) if text else 0
+
+
+class ArgoClient(HTTPClient):
+    def __init__(self, base_url: str, user: str | None, name: str = "argo", timeout: float = 600.0,
+                 api_key: str | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        super().__init__(base_url, headers, timeout)
+        self.name = name
+        self.user = user
+        self._url = base_url  # Argo's chat URL is used exactly as configured (it wants its trailing slash)
+
+    def build_payload(self, req: ChatRequest) -> dict[str, Any]:
+        if not self.user:
+            raise FatalError(f"{self.name}: Argo needs a user name: set ARGO_USER (or the endpoint's user_env)")
+        p = req.params
+        payload: dict[str, Any] = {"user": self.user, "model": req.model, "messages": req.messages}
+        if p.get("stop") is not None:
+            payload["stop"] = p["stop"] if isinstance(p["stop"], list) else [p["stop"]]
+        max_tokens = p.get("max_tokens") or p.get("max_completion_tokens")
+        if _COMPLETION_TOKENS_MODELS.match(req.model):
+            if max_tokens:
+                payload["max_completion_tokens"] = max_tokens
+        else:
+            for k in ("temperature", "top_p"):
+                if k in p:
+                    payload[k] = p[k]
+            if max_tokens:
+                payload["max_tokens"] = max_tokens
+        return payload
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        data = await self.post_json(self._url, self.build_payload(req))
+        if not isinstance(data, dict) or not isinstance(data.get("response"), str):
+            raise malformed(self.name, "no 'response' string")
+        text, reasoning = split_think(data["response"])
+        prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
+        usage = Usage(max(1, prompt_chars // 4), estimate_tokens(data["response"]), estimated=True)
+        return ChatResult(text=text, reasoning=reasoning, usage=usage, finish_reason="stop", model=req.model)

@@ -1,0 +1,129 @@
+"""Plain data shared by every layer: what a model is asked, what it answers, and how it fails.
+
+Nothing here does I/O. Clients turn a `ChatRequest` into a `ChatResult`; the gateway journals the
+result; recipes read `text`, `reasoning` and `parsed`. Provider failures are exceptions, never text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One call as the client must send it (model already resolved to the provider's id)."""
+
+    model: str
+    messages: list[Message]
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, top_p, stop, seed …
+    schema: dict[str, Any] | None = None  # JSON schema for structured output
+    schema_name: str = "response"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False  # True when the provider gave no usage and we counted ourselves
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        if self.estimated:
+            d["estimated"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Usage:
+        d = d or {}
+        return cls(int(d.get("prompt_tokens", 0)), int(d.get("completion_tokens", 0)), bool(d.get("estimated", False)))
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """What came back: the answer text, any reasoning the model exposed, usage and finish reason."""
+
+    text: str
+    reasoning: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str | None = None  # the id the provider says answered
+    structured: Any = None  # provider-native structured output (e.g. Anthropic tool input), if any
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"text": self.text, "usage": self.usage.to_dict()}
+        if self.reasoning is not None:
+            d["reasoning"] = self.reasoning
+        if self.finish_reason is not None:
+            d["finish_reason"] = self.finish_reason
+        if self.model is not None:
+            d["model"] = self.model
+        if self.structured is not None:
+            d["structured"] = self.structured
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChatResult:
+        return cls(
+            text=d.get("text", ""),
+            reasoning=d.get("reasoning"),
+            usage=Usage.from_dict(d.get("usage")),
+            finish_reason=d.get("finish_reason"),
+            model=d.get("model"),
+            structured=d.get("structured"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures. Clients raise these; the gateway decides what is retried.
+
+
+class LLMError(Exception):
+    """Base for every provider-side failure."""
+
+
+class RetryableError(LLMError):
+    """5xx, timeouts, dropped connections, malformed or truncated bodies: worth another attempt."""
+
+
+class RateLimited(RetryableError):
+    """HTTP 429. `retry_after` is the server's wish in seconds, when it said one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FatalError(LLMError):
+    """4xx other than 429 (bad request, auth, unknown model): retrying cannot help."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class BudgetExceeded(LLMError):
+    """The run's --max-usd would be passed by this call; nothing was sent."""
+
+
+class StructuredOutputError(LLMError):
+    """The model's answer did not validate against the schema after every allowed re-ask."""
+
+    def __init__(self, message: str, last_text: str = ""):
+        super().__init__(message)
+        self.last_text = last_text
+
+
+class Rejected(Exception):
+    """A recipe gives up on a record: `reason` goes to rejected.jsonl with `details`."""
+
+    def __init__(self, reason: str, **details: Any):
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
