@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synthtrace import __version__
@@ -125,13 +126,14 @@ def _config(config_path: Path | None, base_url: str | None) -> Config:
 
 def _announce_local(model: str, explicit: bool) -> None:
     if explicit:
-        err.print(f"[cyan]model:[/cyan] local llama.cpp ({model})")
+        err.print(f"[cyan]model:[/cyan] local llama.cpp ({escape(model)})", soft_wrap=True)
         return
     err.print(
         "[cyan]No model configured: using the embedded demo model (SmolLM2-135M-Instruct, llama.cpp, offline).[/cyan]\n"
         "It is tiny — good for trying synthtrace, not for training data. Point at a real model with\n"
         "  --base-url http://localhost:8000/v1 --model NAME   (vLLM, Ollama, llama.cpp server, OpenAI…)\n"
-        "or a config file with endpoints and aliases (see the README), or --model local:/path/to/model.gguf."
+        "or a config file with endpoints and aliases (see the README), or --model local:/path/to/model.gguf.",
+        soft_wrap=True,
     )
 
 
@@ -158,14 +160,14 @@ def _print_summary(result: Any, settings: Any) -> None:
         table.add_row("cost", f"${st['cost_usd']:.4f} this run · ${st['cost_usd_total']:.4f} in total")
     table.add_row("elapsed", f"{result.elapsed_s:.1f} s")
     for k, v in (result.recipe or {}).items():
-        table.add_row(k.replace("_", " "), str(v))
+        table.add_row(k.replace("_", " "), escape(str(v)))
     out.print(table)
     for m in result.messages:
-        err.print(f"[yellow]{m}[/yellow]")
+        err.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True)
     if result.status != "invalid-input":
-        out.print(f"rows:     {settings.output / 'rows.jsonl'}")
+        out.print(f"rows:     {escape(str(settings.output / 'rows.jsonl'))}", soft_wrap=True)
         if result.records_rejected or result.bad_input:
-            out.print(f"rejected: {settings.output / 'rejected.jsonl'}")
+            out.print(f"rejected: {escape(str(settings.output / 'rejected.jsonl'))}", soft_wrap=True)
 
 
 # -- cache ----------------------------------------------------------------------------------------

@@ -5,10 +5,15 @@ messages, params, schema, sample index), never by code. A re-run with the same r
 from here and pays nothing; `kill -9` loses at most the calls that were still in flight. WAL with
 synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
+
+`record` is group commit: answers that arrive in the same event-loop tick share one transaction
+(a commit per answer cost 40 µs, most of the engine's own CPU at thousands of requests a second),
+and each caller resumes only after the transaction holding its answer has committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
@@ -32,6 +37,8 @@ CREATE TABLE IF NOT EXISTS calls (
     result BLOB NOT NULL
 );
 """
+
+_INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -59,6 +66,8 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._batch: list[tuple[Any, ...]] = []
+        self._batch_done: asyncio.Future[None] | None = None
 
     def get(self, key: str, since: float | None = None) -> JournalEntry | None:
         """The recorded answer for `key` (only one recorded at or after `since`, when given)."""
@@ -71,13 +80,37 @@ class Journal:
             return None
         return JournalEntry(ChatResult.from_dict(orjson.loads(row[0])), row[1])
 
+    @staticmethod
+    def _row(key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> tuple[Any, ...]:
+        return (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
+                cost_usd, orjson.dumps(result.to_dict()))
+
     def put(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
         """Record a response; committed (in the WAL) when this returns."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
-             cost_usd, orjson.dumps(result.to_dict())),
-        )
+        self._db.execute(_INSERT, self._row(key, endpoint, model, result, cost_usd))
+
+    async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
+        """Record a response; returns once the transaction holding it has committed."""
+        self._batch.append(self._row(key, endpoint, model, result, cost_usd))
+        if self._batch_done is None:
+            loop = asyncio.get_running_loop()
+            self._batch_done = loop.create_future()
+            loop.call_soon(self._commit_batch)
+        await asyncio.shield(self._batch_done)
+
+    def _commit_batch(self) -> None:
+        batch, done = self._batch, self._batch_done
+        self._batch, self._batch_done = [], None
+        assert done is not None
+        try:
+            with self._db:  # one transaction
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, batch)
+        except BaseException as e:
+            done.set_exception(e)
+            done.exception()
+            return
+        done.set_result(None)
 
     def total_cost(self) -> float:
         return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()[0]

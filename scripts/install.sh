@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install synthtrace into ./.venv with the embedded local model (and test tools with --test).
+#
+# llama-cpp-python compiles from source (about 6 minutes on 2 cores). It is built once, portable
+# (no -march=native: that can crash on other CPUs), into a wheel cache outside the repo, so later
+# installs — and CI — reuse it in seconds. Override the cache with SYNTHTRACE_WHEEL_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="local"
+[[ "${1:-}" == "--test" ]] && extras="local,test"
+wheels="${SYNTHTRACE_WHEEL_CACHE:-$HOME/.cache/synthtrace/wheels}"
+mkdir -p "$wheels"
+
+py="${PYTHON:-}"
+if [[ -z "$py" ]]; then
+  for cand in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      py="$cand"; break
+    fi
+  done
+fi
+[[ -n "$py" ]] || { echo "synthtrace needs Python >= 3.10" >&2; exit 1; }
+
+[[ -x .venv/bin/python ]] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+"${pip[@]}" install --upgrade pip >/dev/null
+
+tag=$(.venv/bin/python -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1 || [[ ! -f "$wheels/.built-for-$tag" ]]; then
+    echo "Building llama-cpp-python once (portable CPU build, ~6 min on 2 cores) into $wheels …" >&2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+      "${pip[@]}" wheel --no-deps "llama-cpp-python>=0.3.7" -w "$wheels"
+    touch "$wheels/.built-for-$tag"
+  fi
+  "${pip[@]}" install --find-links "$wheels" "llama-cpp-python>=0.3.7"
+fi
+"${pip[@]}" install --find-links "$wheels" -e ".[$extras]"
+echo "installed: $(.venv/bin/synthtrace --version)" >&2

