@@ -74,6 +74,27 @@ def run_completions(system: str | None, temperature: float | None, max_tokens: i
     execute(CompletionsRecipe(system=system, temperature=temperature, max_tokens=max_tokens), **common)
 
 
+@run.command("medec")
+@_common_run_options
+@click.option("--samples", "-k", default=3, show_default=True, type=click.IntRange(1, 10),
+              help="Independent critic attempts per note (rising temperature), each verified.")
+@click.option("--hint-on-failure", is_flag=True, help="One last critic attempt with the reference given (kept, hinted: true).")
+@click.option("--keep-unverified", is_flag=True, help="Keep critic traces that failed verification (verified: false).")
+@click.option("--min-similarity", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Minimum ROUGE-1 F of the critic's correction against the reference.")
+@click.option("--critic-model", help="Model for critic traces (default: --model).")
+@click.option("--generator-model", help="Model for generator traces (default: --model).")
+@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(16))
+def run_medec(samples: int, hint_on_failure: bool, keep_unverified: bool, min_similarity: float,
+              critic_model: str | None, generator_model: str | None, max_tokens: int, **common: Any) -> None:
+    """Critic and generator traces from MEDEC notes (official CSV or pairs JSONL), critics verified."""
+    from synthtrace.recipes.medec.recipe import MedecRecipe
+
+    execute(MedecRecipe(samples=samples, hint_on_failure=hint_on_failure, min_similarity=min_similarity,
+                        critic_model=critic_model, generator_model=generator_model, max_tokens=max_tokens,
+                        keep_unverified=keep_unverified), **common)
+
+
 def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
             base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
             max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,

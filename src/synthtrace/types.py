@@ -127,3 +127,11 @@ class Rejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.details = details
+
+
+@dataclass(slots=True)
+class RecordOutcome:
+    """What a recipe made of one record: rows, and the parts it had to give up on (with reasons)."""
+
+    rows: list[dict[str, Any]]
+    rejected: list[dict[str, Any]] = field(default_factory=list)

@@ -8,6 +8,7 @@ stops the run *before* the limit is passed, not after.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from synthtrace.config import Price
@@ -57,24 +58,45 @@ class PriceTable:
 
 
 class Budget:
-    """Spent + reserved must stay within `max_usd`; a call that would pass it is not sent."""
+    """Spent + reserved must stay within `max_usd`; a call that would pass it is not sent.
+
+    A call whose estimate does not fit *only because* other calls hold reservations waits for them
+    to settle (their actual cost is usually below the estimate); only a call that cannot fit with
+    nothing else in flight means the budget is spent.
+    """
 
     def __init__(self, max_usd: float | None, already_spent: float = 0.0):
         self.max_usd = max_usd
         self.spent = already_spent
         self.reserved = 0.0
+        self.holds = 0  # reservations not yet settled
         self.exhausted = False
+        self._settled: asyncio.Event | None = None
 
     def reserve(self, estimate: float) -> bool:
         if self.max_usd is None:
             return True
         if self.spent + self.reserved + estimate > self.max_usd:
-            self.exhausted = True
+            if not self.holds:
+                self.exhausted = True
             return False
         self.reserved += estimate
+        self.holds += 1
         return True
+
+    async def wait_settled(self) -> None:
+        """Return once some reservation has settled."""
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        await self._settled.wait()
 
     def settle(self, estimate: float, actual: float) -> None:
         if self.max_usd is not None:
             self.reserved = max(0.0, self.reserved - estimate)
+            self.holds -= 1
+            if not self.holds:
+                self.reserved = 0.0  # no float residue once nothing is reserved
         self.spent += actual
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None

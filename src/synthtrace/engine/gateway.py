@@ -204,11 +204,15 @@ class Gateway:
                     spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, int]:
         local = r.is_local
         prompt_est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
-        completion_est = int(params.get("max_tokens") or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
-        estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est)
-        if not self.budget.reserve(estimate):
-            raise BudgetExceeded(f"--max-usd {self.budget.max_usd} would be passed "
-                                 f"(spent ${self.budget.spent:.4f}, next call ~${estimate:.4f})")
+        while True:
+            completion_est = int(params.get("max_tokens") or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
+            estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est)
+            if self.budget.reserve(estimate):
+                break
+            if not self.budget.holds:  # it would not fit even with nothing else in flight
+                raise BudgetExceeded(f"--max-usd {self.budget.max_usd} would be passed "
+                                     f"(spent ${self.budget.spent:.4f}, next call ~${estimate:.4f})")
+            await self.budget.wait_settled()  # calls in flight hold estimates; their real cost decides
         req = ChatRequest(r.model, messages, params, spec.schema if spec else None, spec.name if spec else "response")
         if sample and "seed" not in params and local:
             req.params = {**params, "seed": sample}
@@ -280,14 +284,24 @@ def _jitter(retry_after: float) -> float:
 class RecordLLM:
     """The `llm` handle a recipe receives for one record: the gateway, plus a log of its calls."""
 
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, parent: RecordLLM | None = None):
         self._gateway = gateway
+        self._parent = parent
         self.calls: list[dict[str, Any]] = []
 
     async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
         reply = await self._gateway.chat(messages, **kwargs)
-        self.calls.append(reply.call_record())
+        self._log(reply.call_record())
         return reply
+
+    def _log(self, call: dict[str, Any]) -> None:
+        self.calls.append(call)
+        if self._parent is not None:
+            self._parent._log(call)
+
+    def fork(self) -> RecordLLM:
+        """A handle whose calls are logged on their own and in this one (one per example of a record)."""
+        return RecordLLM(self._gateway, parent=self)
 
     def resolve(self, model: str | None) -> ResolvedModel:
         return self._gateway.resolve(model)

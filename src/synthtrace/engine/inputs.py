@@ -7,6 +7,7 @@ puts it in rejected.jsonl and goes on with the good lines (or stops first, with 
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]] | BadInp
     source = str(path)
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):  # files saved by Windows tools start with one
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue
             try:

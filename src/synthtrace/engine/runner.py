@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from synthtrace import __version__
 from synthtrace.config import Config, resolve_model
@@ -27,9 +29,9 @@ from synthtrace.engine.gateway import Gateway, RecordLLM
 from synthtrace.engine.inputs import BadInput, Record
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
-from synthtrace.engine.store import RunStore
+from synthtrace.engine.store import IdIndex, RunStore
 from synthtrace.recipes import Recipe
-from synthtrace.types import BudgetExceeded, LLMError, Rejected
+from synthtrace.types import BudgetExceeded, LLMError, RecordOutcome, Rejected
 
 log = logging.getLogger("synthtrace")
 
@@ -73,10 +75,10 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     console = console or Console(stderr=True)
     store = RunStore(settings.output)
     if settings.strict:
-        problems = [item for item in recipe.records(settings.input) if isinstance(item, BadInput)]
+        problems = _input_problems(recipe, settings.input)
         if problems:
             for p in problems[:20]:
-                console.print(f"[red]{p.message()}[/red]")
+                console.print(f"[red]{escape(p.message())}[/red]", soft_wrap=True)
             return RunResult("invalid-input", bad_input=len(problems),
                              messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
     store.open(fresh=settings.fresh)
@@ -103,7 +105,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     def reject(entry: dict[str, Any], message: str | None = None) -> None:
         store.reject(entry)
         if message:
-            console.print(f"[yellow]{message}[/yellow]", highlight=False)
+            console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
     async def produce(progress: RunProgress) -> None:
         taken = 0
@@ -120,7 +122,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 continue
             earlier = store.index.first_seen(item.id, item.line)
             if earlier is not None:
-                bad = BadInput(item.source, item.line, f"duplicate id {item.id!r} (first at line {earlier})", id=item.id)
+                bad = _duplicate(item, earlier)
                 result.bad_input += 1
                 reject(bad.to_entry(), bad.message())
                 progress.advance(rejected=True)
@@ -163,6 +165,15 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 result.records_rejected += 1
                 progress.advance(rejected=True)
                 continue
+            if isinstance(rows, RecordOutcome):
+                for part in rows.rejected:
+                    reject({"id": record.id, "record_id": record.id, "source": record.source, "line": record.line,
+                            **part}, f"{record.source}:{record.line}: {part.get('note_id', record.id)}: {part['reason']}")
+                rows = rows.rows
+            if not rows:
+                result.records_rejected += 1
+                progress.advance(rejected=True)
+                continue
             for row in rows:
                 row["provenance"] = _provenance(recipe, record, llm, row.get("provenance"))
             store.write_rows(record.id, rows)
@@ -199,8 +210,27 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     return result
 
 
+def _duplicate(record: Record, earlier: int) -> BadInput:
+    return BadInput(record.source, record.line, f"duplicate id {record.id!r} (first at line {earlier})", id=record.id)
+
+
+def _input_problems(recipe: Recipe, path: Path) -> list[BadInput]:
+    """Every bad input line, duplicate ids included (for --strict), without holding the ids in memory."""
+    problems: list[BadInput] = []
+    index = IdIndex(Path(tempfile.gettempdir()))
+    try:
+        for item in recipe.records(path):
+            if isinstance(item, BadInput):
+                problems.append(item)
+            elif (earlier := index.first_seen(item.id, item.line)) is not None:
+                problems.append(_duplicate(item, earlier))
+    finally:
+        index.close()
+    return problems
+
+
 def _reject_record(reject: Any, record: Record, reason: str, llm: RecordLLM, details: dict[str, Any]) -> None:
-    entry = {"id": record.id, "reason": reason, "source": record.source, "line": record.line,
+    entry = {"id": record.id, "record_id": record.id, "reason": reason, "source": record.source, "line": record.line,
              "calls": llm.calls, **details}
     reject(entry, f"{record.source}:{record.line}: {record.id}: {reason}")
 

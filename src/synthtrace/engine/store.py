@@ -48,6 +48,23 @@ class IdIndex:
         self._db.execute("INSERT OR IGNORE INTO done VALUES (?)", (record_id,))
         self._tick()
 
+    def _keep_rejections_of_done_records(self) -> None:
+        """A rejection is not work done: records without rows are tried again (and re-rejected if they
+        fail again), so only the entries of finished records — parts a recipe gave up on — stay."""
+        if not self.rejected_path.exists():
+            return
+        repair_torn_tail(self.rejected_path)
+        kept = []
+        with open(self.rejected_path, "rb") as f:
+            for line in f:
+                try:
+                    rid = orjson.loads(line).get("record_id")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                if rid is not None and self.index.is_done(str(rid)):
+                    kept.append(line)
+        write_atomic(self.rejected_path, b"".join(kept))
+
     def is_done(self, record_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM done WHERE id = ?", (record_id,)).fetchone() is not None
 
@@ -86,9 +103,7 @@ class RunStore:
         self.repaired_bytes = repair_torn_tail(self.rows_path)
         if self.rows_path.exists():
             self._index_finished()
-        # A rejection is not work done: the records it names are tried again, and rejected.jsonl
-        # says what happened in the latest run.
-        self.rejected_path.unlink(missing_ok=True)
+        self._keep_rejections_of_done_records()
         self._rows = open(self.rows_path, "ab", buffering=0)
         self._rejected = open(self.rejected_path, "ab", buffering=0)
 
@@ -104,6 +119,23 @@ class RunStore:
                 if not self.index.is_done(record_id):
                     self.index.mark_done(record_id)
                     self.resumed_records += 1
+
+    def _keep_rejections_of_done_records(self) -> None:
+        """A rejection is not work done: records without rows are tried again (and re-rejected if they
+        fail again), so only the entries of finished records — parts a recipe gave up on — stay."""
+        if not self.rejected_path.exists():
+            return
+        repair_torn_tail(self.rejected_path)
+        kept = []
+        with open(self.rejected_path, "rb") as f:
+            for line in f:
+                try:
+                    rid = orjson.loads(line).get("record_id")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                if rid is not None and self.index.is_done(str(rid)):
+                    kept.append(line)
+        write_atomic(self.rejected_path, b"".join(kept))
 
     def is_done(self, record_id: str) -> bool:
         return self.index.is_done(record_id)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from synthtrace.engine.gateway import RecordLLM
 from synthtrace.engine.inputs import BadInput, Record, count_lines
+from synthtrace.types import RecordOutcome
 
 
 class Recipe:
@@ -25,8 +26,9 @@ class Recipe:
         """How many records the input holds, for progress (None when unknown)."""
         return count_lines(path)
 
-    async def process(self, record: Record, llm: RecordLLM) -> list[dict[str, Any]]:
-        """Rows for one record; raise `Rejected(reason, **details)` to give up on it with a reason."""
+    async def process(self, record: Record, llm: RecordLLM) -> list[dict[str, Any]] | RecordOutcome:
+        """Rows for one record; raise `Rejected(reason, **details)` to give up on it with a reason, or
+        return a `RecordOutcome` to keep some rows and give up on other parts of the record."""
         raise NotImplementedError
 
     def estimate(self, record: Record) -> tuple[int, int, int]:
@@ -37,10 +39,3 @@ class Recipe:
         """Recipe-specific figures for the run summary and manifest."""
         return {}
 
-
-def get_recipe(name: str, **options: Any) -> Recipe:
-    if name == "completions":
-        from synthtrace.recipes.completions import CompletionsRecipe
-
-        return CompletionsRecipe(**options)
-    raise KeyError(f"unknown recipe {name!r}")

@@ -1,0 +1,1 @@
+"""Reusable quality tools for any recipe: text similarity, judges, grading, heuristics."""
