@@ -1,6 +1,7 @@
 """The `synthtrace` command: thin — flags and config in, library calls out, a summary printed.
 
     synthtrace run RECIPE --input PATH --output DIR [common options] [recipe options]
+    synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
     synthtrace cache stats|prune …
 """
 
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from synthtrace import __version__
 from synthtrace.config import Config, ConfigError, load_config, load_dotenv_file, resolve_model, with_cli_endpoint
+from synthtrace.export import FORMATS
 
 out = Console()
 err = Console(stderr=True)
@@ -117,7 +119,7 @@ def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | 
         _announce_local(resolved.model, explicit=model is not None)
     result = _run_async(recipe, settings, config)
     _print_summary(result, settings)
-    if result.status == "invalid-input":
+    if result.status in ("invalid-input", "error"):
         sys.exit(1)
     if result.status == "budget":
         sys.exit(EXIT_BUDGET)
@@ -189,6 +191,72 @@ def _print_summary(result: Any, settings: Any) -> None:
         out.print(f"rows:     {escape(str(settings.output / 'rows.jsonl'))}", soft_wrap=True)
         if result.records_rejected or result.bad_input:
             out.print(f"rejected: {escape(str(settings.output / 'rejected.jsonl'))}", soft_wrap=True)
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+@main.group()
+def export() -> None:
+    """Turn a run directory into training files."""
+
+
+@export.command("sft")
+@click.argument("run_path", metavar="RUN", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="qwen3", show_default=True,
+              help="qwen3: think block in the assistant content; messages: reasoning in `reasoning_content`; "
+                   "chatml: one rendered `text` field.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Training file (JSONL); validation goes beside it as NAME.val.jsonl.")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of source notes held out for validation (0: no validation file).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
+@click.option("--include-unverified", is_flag=True, help="Keep rows that failed verification (verified: false).")
+@click.option("--include-hinted/--no-include-hinted", default=True, show_default=True,
+              help="Keep rows written with the reference given (hinted: true).")
+@click.option("--with-metadata/--no-metadata", default=True, show_default=True,
+              help="A `metadata` object per line (note id, recipe, role, task, label, error type, group).")
+def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float, seed: int, include_unverified: bool,
+                       include_hinted: bool, with_metadata: bool) -> None:
+    """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source note."""
+    from synthtrace.export.sft import ExportError, ExportOptions, export_sft
+
+    options = ExportOptions(format=fmt, val_fraction=val_fraction, seed=seed, include_unverified=include_unverified,
+                            include_hinted=include_hinted, with_metadata=with_metadata)
+    try:
+        result = export_sft(run_path, out, options)
+    except ExportError as e:
+        raise click.ClickException(str(e)) from None
+    _print_export(result)
+
+
+def _print_export(result: Any) -> None:
+    table = Table(title="export sft", show_header=False, title_justify="left")
+    table.add_row("rows read", f"{result.rows_read:,}")
+    for split, name in (("train", "train"), ("val", "validation")):
+        if split == "val" and result.val_path is None:
+            continue
+        kinds = " · ".join(f"{kind}: {n:,}" for (s, kind), n in sorted(result.by_kind.items()) if s == split)
+        table.add_row(name, f"{result.examples[split]:,} examples from {result.groups[split]:,} "
+                      f"source{'' if result.groups[split] == 1 else 's'}"
+                      + (f" ({escape(kinds)})" if kinds else ""))
+    table.add_row("skipped", f"{sum(result.skipped.values()):,}")
+    for reason, n in result.skipped.most_common():
+        table.add_row("", f"{n:,} {escape(reason)}")
+    if result.rebuilt_prompts:
+        table.add_row("prompts rebuilt", f"{result.rebuilt_prompts:,} (rows without a stored prompt)")
+    if result.bad_line_count:
+        table.add_row("unreadable lines", f"{result.bad_line_count:,} (skipped)")
+    out.print(table)
+    for line in result.bad_lines:
+        err.print(f"[yellow]warning: {escape(line)}[/yellow]", soft_wrap=True)
+    if result.bad_line_count > len(result.bad_lines):
+        err.print(f"[yellow]warning: … and {result.bad_line_count - len(result.bad_lines):,} more unreadable "
+                  "lines[/yellow]")
+    for w in result.warnings:
+        err.print(f"[yellow]warning: {escape(w)}[/yellow]", soft_wrap=True)
+    out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
+    if result.val_path is not None:
+        out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
 
 
 # -- cache ----------------------------------------------------------------------------------------

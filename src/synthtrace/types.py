@@ -103,9 +103,11 @@ class RateLimited(RetryableError):
 class FatalError(LLMError):
     """4xx other than 429 (bad request, auth, unknown model): retrying cannot help."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, run_level: bool = False):
         super().__init__(message)
         self.status = status
+        # True when no record can succeed either (bad key, missing key): the run stops, records untouched
+        self.run_level = run_level or status in (401, 403)
 
 
 class BudgetExceeded(LLMError):

@@ -85,10 +85,10 @@ def build_client(name: str, resolved: ResolvedModel) -> Client:
 
         return LocalClient(model_path=ep.model_path, n_ctx=ep.n_ctx, max_concurrency=ep.concurrency or 1)
     if not ep.base_url:
-        raise FatalError(f"endpoint {name!r} has no base_url")
+        raise FatalError(f"endpoint {name!r} has no base_url", run_level=True)
     key = secret(ep.api_key_env)
     if ep.api_key_env and not key:
-        raise FatalError(f"endpoint {name!r}: environment variable {ep.api_key_env} is not set")
+        raise FatalError(f"endpoint {name!r}: environment variable {ep.api_key_env} is not set", run_level=True)
     if ep.kind == "anthropic":
         from synthtrace.llm.anthropic import AnthropicClient
 
@@ -205,7 +205,8 @@ class Gateway:
         local = r.is_local
         prompt_est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
         while True:
-            completion_est = int(params.get("max_tokens") or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
+            completion_est = int(params.get("max_tokens")
+                                 or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
             estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est)
             if self.budget.reserve(estimate):
                 break

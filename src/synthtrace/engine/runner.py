@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
 from synthtrace.engine.store import IdIndex, RunStore
 from synthtrace.recipes import Recipe
-from synthtrace.types import BudgetExceeded, LLMError, RecordOutcome, Rejected
+from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome, Rejected
 
 log = logging.getLogger("synthtrace")
 
@@ -154,6 +153,12 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 progress.advance(rejected=True)
                 continue
             except LLMError as e:
+                if isinstance(e, FatalError) and e.run_level:
+                    if not stop.is_set():  # no record can succeed: stop, leave them all for the next run
+                        result.messages.append(f"stopped: {e}")
+                    stop.set()
+                    result.status = "error"
+                    continue
                 _reject_record(reject, record, str(e), llm, {"error": e.__class__.__name__})
                 result.records_rejected += 1
                 progress.advance(rejected=True)
@@ -217,7 +222,7 @@ def _duplicate(record: Record, earlier: int) -> BadInput:
 def _input_problems(recipe: Recipe, path: Path) -> list[BadInput]:
     """Every bad input line, duplicate ids included (for --strict), without holding the ids in memory."""
     problems: list[BadInput] = []
-    index = IdIndex(Path(tempfile.gettempdir()))
+    index = IdIndex()
     try:
         for item in recipe.records(path):
             if isinstance(item, BadInput):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ JOURNAL = "journal.db"
 class IdIndex:
     """Set-like index of ids on disk: `seen` (input ids, with their line) and `done` (ids with rows)."""
 
-    def __init__(self, directory: Path):
-        fd, self._path = tempfile.mkstemp(prefix=".ids-", suffix=".sqlite", dir=directory)
-        os.close(fd)
-        self._db = sqlite3.connect(self._path, isolation_level=None)
+    def __init__(self) -> None:
+        # "" is SQLite's private temporary database: on disk once it outgrows its page cache, and
+        # gone when the connection closes, or the process dies (the file is unlinked on open).
+        self._db = sqlite3.connect("", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
@@ -48,23 +47,6 @@ class IdIndex:
         self._db.execute("INSERT OR IGNORE INTO done VALUES (?)", (record_id,))
         self._tick()
 
-    def _keep_rejections_of_done_records(self) -> None:
-        """A rejection is not work done: records without rows are tried again (and re-rejected if they
-        fail again), so only the entries of finished records — parts a recipe gave up on — stay."""
-        if not self.rejected_path.exists():
-            return
-        repair_torn_tail(self.rejected_path)
-        kept = []
-        with open(self.rejected_path, "rb") as f:
-            for line in f:
-                try:
-                    rid = orjson.loads(line).get("record_id")
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-                if rid is not None and self.index.is_done(str(rid)):
-                    kept.append(line)
-        write_atomic(self.rejected_path, b"".join(kept))
-
     def is_done(self, record_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM done WHERE id = ?", (record_id,)).fetchone() is not None
 
@@ -78,7 +60,6 @@ class IdIndex:
 
     def close(self) -> None:
         self._db.close()
-        Path(self._path).unlink(missing_ok=True)
 
 
 class RunStore:
@@ -97,7 +78,7 @@ class RunStore:
     def open(self, fresh: bool = False) -> None:
         """Create or reopen the run dir: repair a torn tail, index finished records."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index = IdIndex(self.dir)
+        self.index = IdIndex()
         if fresh:
             self.rows_path.unlink(missing_ok=True)
         self.repaired_bytes = repair_torn_tail(self.rows_path)

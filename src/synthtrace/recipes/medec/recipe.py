@@ -27,7 +27,7 @@ from synthtrace.recipes import Recipe
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.recipes.medec.verify import DEFAULT_MIN_SIMILARITY, verify_critic_verdict
-from synthtrace.types import BudgetExceeded, LLMError, RecordOutcome
+from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome
 
 TEMPERATURES = (0.3, 0.7, 1.0, 1.1, 1.2)
 MIN_TRACE_WORDS = 40
@@ -78,10 +78,13 @@ class MedecRecipe(Recipe):
         if case.has_error:
             jobs += [self._critic(case, llm.fork(), on_error_note=True), self._generator_error(case, llm.fork())]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:  # the budget or a refused key stops the run: the record stays untouched
+            if _stops_run(outcome):
+                raise outcome
         order = {"critic_correct": 0, "critic_error": 1, "generator_correct": 2, "generator_error": 3}
         rows, rejected = [], []
         for kind, outcome in zip(("critic_correct", "generator_correct", "critic_error", "generator_error"), outcomes):
-            if isinstance(outcome, LLMError):
+            if isinstance(outcome, LLMError) and not _stops_run(outcome):
                 rejected.append({"note_id": f"{case.id}_{kind}", "reason": str(outcome), "error": type(outcome).__name__})
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -109,7 +112,7 @@ class MedecRecipe(Recipe):
             if result["check"]["verified"]:
                 tally["verified"] += 1
                 tally[f"verified_on_{i + 1}"] += 1
-                return self._critic_row(case, kind, task, result, attempts, hinted=False)
+                return self._critic_row(case, kind, task, result, attempts, llm, hinted=False)
         if self.hint_on_failure:
             truth_id = case.error_sentence_id if on_error_note else -1
             hint = P.critic_hint(truth_id, case.corrected_sentence if on_error_note else None)
@@ -118,11 +121,11 @@ class MedecRecipe(Recipe):
             attempts.append(result["check"] | {"hinted": True})
             if result["check"]["verified"]:
                 tally["hinted"] += 1
-                return self._critic_row(case, kind, task, result, attempts, hinted=True)
+                return self._critic_row(case, kind, task, result, attempts, llm, hinted=True)
         tally["failed"] += 1
         last = attempts[-1]
         if self.keep_unverified and "verdict" in last:
-            return self._critic_row(case, kind, task, result, attempts, hinted=self.hint_on_failure)
+            return self._critic_row(case, kind, task, result, attempts, llm, hinted=self.hint_on_failure)
         return _reject(f"{case.id}_{kind}", f"critic not verified after {len(attempts)} attempt(s): "
                        f"{last.get('problem')}", attempts=attempts)
 
@@ -132,9 +135,9 @@ class MedecRecipe(Recipe):
         try:
             reply = await llm.chat(messages, model=self.critic_model, schema=CriticVerdict, sample=sample,
                                    temperature=temperature, max_tokens=self.max_tokens)
-        except BudgetExceeded:
-            raise
         except LLMError as e:
+            if _stops_run(e):
+                raise
             return {"check": {"verified": False, "problem": f"{type(e).__name__}: {e}", "sample": sample}}
         v: CriticVerdict = reply.parsed
         sentence_id = v.error_sentence_id if v.error_found else -1
@@ -148,7 +151,7 @@ class MedecRecipe(Recipe):
                 "trace": trace, "verdict": verdict}
 
     def _critic_row(self, case: MedecCase, kind: str, task: list[dict[str, str]], result: dict[str, Any],
-                    attempts: list[dict[str, Any]], hinted: bool) -> dict[str, Any]:
+                    attempts: list[dict[str, Any]], llm: RecordLLM, hinted: bool) -> dict[str, Any]:
         on_error_note = kind == "critic_error"
         v = result["verdict"]
         row = _row(case, kind, "critic", "assessment", case.error_note if on_error_note else case.correct_note,
@@ -157,6 +160,7 @@ class MedecRecipe(Recipe):
                    prompt={"system": task[0]["content"], "user": task[1]["content"]},
                    verified=bool(result["check"]["verified"]), verification=result["check"],
                    attempts=len(attempts), hinted=hinted)
+        _own_calls(row, llm)
         return row
 
     async def _generator_correct(self, case: MedecCase, llm: RecordLLM) -> dict[str, Any]:
@@ -188,6 +192,7 @@ class MedecRecipe(Recipe):
                 row.update(answer=answer, prompt={"system": system, "user": user}, verified=None,
                            verification={"checks": "length, no leak" + (", names the change" if must_mention else "")},
                            attempts=i + 1, hinted=False)
+                _own_calls(row, llm)
                 return row
             problems.append(problem)
         return _reject(f"{case.id}_{kind}", f"generator trace failed its checks {len(problems)} time(s): {problems[-1]}")
@@ -215,8 +220,24 @@ def _row(case: MedecCase, kind: str, role: str, task: str, note: str | None, tra
     return row
 
 
+def _own_calls(row: dict[str, Any], llm: RecordLLM) -> None:
+    """A row's provenance names the calls of its own example (its forked handle), not the whole record's."""
+    prompt_tokens, completion_tokens = llm.tokens
+    row["provenance"].update(calls=list(llm.calls), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                             cost_usd=round(llm.cost_usd, 8))
+
+
+def _stops_run(outcome: object) -> bool:
+    return isinstance(outcome, BudgetExceeded) or (isinstance(outcome, FatalError) and outcome.run_level)
+
+
 def _reject(note_id: str, reason: str, **details: Any) -> dict[str, Any]:
     return {"_rejected": True, "note_id": note_id, "reason": reason, "details": details}
+
+
+def _stops_run(e: LLMError) -> bool:
+    """Errors the runner must see: the budget, or a failure no record can get past (e.g. a bad key)."""
+    return isinstance(e, BudgetExceeded) or (isinstance(e, FatalError) and e.run_level)
 
 
 def _trace_ok(trace: str) -> bool:

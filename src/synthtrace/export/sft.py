@@ -1,0 +1,204 @@
+"""The SFT exporter: a run's rows.jsonl → chat-format training files, split by source.
+
+Rows are streamed one at a time; each goes through its recipe's adapter (`adapters.py`), the
+checks every format needs, and the split, then out to the train or the validation file. The split
+is decided per example from its group alone — `sha256(f"{seed}:{group}")` as a number in [0, 1),
+validation when below `val_fraction` — so it needs no second pass, is the same on every run, and
+keeps every example of one source note on the same side.
+
+Formats, one JSON object per line:
+  qwen3     {"messages": [system, user, {"role": "assistant", "content": "<think>\\n…\\n</think>\\n\\nANSWER"}]}
+  messages  {"messages": [system, user, {"role": "assistant", "content": ANSWER, "reasoning_content": …}]}
+  chatml    {"text": "<|im_start|>system\\n…<|im_end|>\\n<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant…"}
+All three render to the same text through a Qwen3-style chat template. `metadata` (note id, recipe,
+role, task, label, error type, group) rides along unless switched off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from synthtrace.engine.inputs import BadInput, read_jsonl
+from synthtrace.export import FORMATS
+from synthtrace.export.adapters import ADAPTERS, ChatExample
+
+ROWS = "rows.jsonl"
+# Text that would end a turn early or open a second think block once rendered.
+RESERVED = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+THINK_TAGS = ("<think>", "</think>")
+MAX_BAD_LINES_KEPT = 20
+
+
+class ExportError(Exception):
+    """A problem with the export as a whole (no rows file, output over the input)."""
+
+
+@dataclass(slots=True)
+class ExportOptions:
+    format: str = "qwen3"
+    val_fraction: float = 0.1
+    seed: int = 0
+    include_unverified: bool = False
+    include_hinted: bool = True
+    with_metadata: bool = True
+
+
+@dataclass(slots=True)
+class ExportResult:
+    rows_path: Path
+    train_path: Path
+    val_path: Path | None
+    rows_read: int = 0
+    examples: Counter[str] = field(default_factory=Counter)  # split → examples
+    by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)  # (split, kind) → examples
+    groups: Counter[str] = field(default_factory=Counter)  # split → distinct groups
+    skipped: Counter[str] = field(default_factory=Counter)  # reason → rows
+    rebuilt_prompts: int = 0
+    bad_line_count: int = 0
+    bad_lines: list[str] = field(default_factory=list)  # the first few, "rows.jsonl:N: reason"
+    warnings: list[str] = field(default_factory=list)
+
+
+def rows_file(run: Path) -> Path:
+    """A run directory's rows.jsonl (or the file itself, when given one)."""
+    path = run / ROWS if run.is_dir() else run
+    if not path.is_file():
+        raise ExportError(f"no {ROWS} in {run}")
+    return path
+
+
+def val_path_for(out: Path) -> Path:
+    """`sft.jsonl` → `sft.val.jsonl`, beside it."""
+    return out.with_name(f"{out.stem}.val{out.suffix}")
+
+
+def split_of(group: str, seed: int, val_fraction: float) -> str:
+    """"val" or "train", from the group and the seed alone."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+def think_block(reasoning: str) -> str:
+    """Qwen3's think block; an empty one (`<think>\\n\\n</think>\\n\\n`) when there is no reasoning."""
+    return f"<think>\n{reasoning}\n</think>\n\n"
+
+
+def render(ex: ChatExample, fmt: str, with_metadata: bool = True) -> dict[str, Any]:
+    """One output line (as a dict) for an example in format `fmt`."""
+    head = ([{"role": "system", "content": ex.system}] if ex.system is not None else [])
+    head.append({"role": "user", "content": ex.user})
+    if fmt == "qwen3":
+        line: dict[str, Any] = {"messages": [*head, {"role": "assistant",
+                                                     "content": think_block(ex.reasoning) + ex.answer}]}
+    elif fmt == "messages":
+        line = {"messages": [*head, {"role": "assistant", "content": ex.answer, "reasoning_content": ex.reasoning}]}
+    elif fmt == "chatml":
+        turns = [*head, {"role": "assistant", "content": think_block(ex.reasoning) + ex.answer}]
+        line = {"text": "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in turns)}
+    else:
+        raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if with_metadata:
+        line["metadata"] = ex.meta
+    return line
+
+
+def check(ex: ChatExample) -> str | None:
+    """What every format needs of an example, whatever its recipe; None when it is fine."""
+    if ex.system is not None and not ex.system.strip():
+        return "empty system prompt"
+    if not ex.user.strip():
+        return "empty user turn"
+    if not ex.answer.strip():
+        return "empty answer"
+    if any(t in ex.reasoning or t in ex.answer for t in THINK_TAGS):
+        return "think tag inside the reasoning or the answer"
+    if any(t in text for t in RESERVED for text in (ex.system or "", ex.user, ex.reasoning, ex.answer)):
+        return "chat-template token inside the text"
+    return None
+
+
+def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
+    """Stream `run`'s rows into `out` (train) and `val_path_for(out)` (validation, unless the fraction is 0)."""
+    if options.format not in FORMATS:
+        raise ExportError(f"unknown format {options.format!r} (expected one of {', '.join(FORMATS)})")
+    if not 0 <= options.val_fraction < 1:
+        raise ExportError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
+    rows_path = rows_file(run)
+    val_path = val_path_for(out) if options.val_fraction > 0 else None
+    for target in filter(None, (out, val_path)):
+        if target.resolve() == rows_path.resolve():
+            raise ExportError(f"refusing to write over the rows themselves: {target}")
+    result = ExportResult(rows_path, out, val_path)
+    if val_path is None and val_path_for(out).exists():
+        result.warnings.append(f"{val_path_for(out)} is from an earlier export (this one writes no validation "
+                               "file); it may share sources with the new training file")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    targets = {"train": out, **({"val": val_path} if val_path else {})}
+    temps = {split: path.with_name(f".{path.name}.tmp") for split, path in targets.items()}
+    files: dict[str, IO[bytes]] = {}
+    seen_groups: dict[str, set[str]] = {split: set() for split in targets}
+    try:
+        for split, tmp in temps.items():
+            files[split] = open(tmp, "wb")
+        for item in read_jsonl(rows_path):
+            if isinstance(item, BadInput):
+                result.bad_line_count += 1
+                if len(result.bad_lines) < MAX_BAD_LINES_KEPT:
+                    result.bad_lines.append(f"{rows_path}:{item.line}: {item.reason}")
+                continue
+            result.rows_read += 1
+            _, row = item
+            example = _example(row, options)
+            if isinstance(example, str):
+                result.skipped[example] += 1
+                continue
+            split = split_of(example.group, options.seed, options.val_fraction)
+            files[split].write(orjson.dumps(render(example, options.format, options.with_metadata)) + b"\n")
+            result.examples[split] += 1
+            result.by_kind[(split, example.kind)] += 1
+            result.rebuilt_prompts += example.rebuilt_prompt
+            seen_groups[split].add(example.group)
+        for f in files.values():
+            f.close()
+        for split, tmp in temps.items():
+            os.replace(tmp, targets[split])
+    except BaseException:
+        for f in files.values():
+            f.close()
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    result.groups = Counter({split: len(groups) for split, groups in seen_groups.items()})
+    if val_path is not None and sum(result.examples.values()):
+        for split, name in (("train", "training"), ("val", "validation")):
+            if not result.examples[split]:
+                result.warnings.append(f"no source fell into the {name} split (too few sources for this fraction)")
+    return result
+
+
+def _example(row: dict[str, Any], options: ExportOptions) -> ChatExample | str:
+    """The row as an example, or why it is skipped."""
+    prov = row.get("provenance")
+    recipe = prov.get("recipe") if isinstance(prov, dict) else None
+    if not isinstance(recipe, str) or not recipe:
+        return "row without provenance.recipe"
+    adapter = ADAPTERS.get(recipe)
+    if adapter is None:
+        return f"no exporter for recipe {recipe!r}"
+    if row.get("verified") is False and not options.include_unverified:
+        return "unverified (--include-unverified keeps it)"
+    if row.get("hinted") is True and not options.include_hinted:
+        return "hinted (--no-include-hinted drops it)"
+    example = adapter(row)
+    if isinstance(example, str):
+        return example
+    example.reasoning, example.answer = example.reasoning.strip(), example.answer.strip()
+    return check(example) or example
