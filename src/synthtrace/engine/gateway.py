@@ -75,6 +75,7 @@ class _Endpoint:
     name: str
     client: Client
     limiter: Limiter
+    refused: FatalError | None = None  # a run-level refusal (bad key): nothing more is sent here
 
 
 def build_client(name: str, resolved: ResolvedModel) -> Client:
@@ -224,6 +225,8 @@ class Gateway:
             while True:
                 await ep.limiter.acquire(tokens_est)
                 try:
+                    if ep.refused is not None:  # refused while this call waited for a slot
+                        raise ep.refused
                     result = await ep.client.chat(req)
                 except RateLimited as e:
                     ep.limiter.release()
@@ -243,9 +246,11 @@ class Gateway:
                     self.stats.retries += 1
                     await asyncio.sleep(_backoff(errors))
                     continue
-                except BaseException:
+                except BaseException as e:
                     ep.limiter.release()
                     self.stats.failures += 1
+                    if isinstance(e, FatalError) and e.run_level:
+                        ep.refused = e
                     raise
                 ep.limiter.release()
                 usage = result.usage

@@ -51,6 +51,28 @@ def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str,
     return hashlib.sha256(canonical).hexdigest()[:32]
 
 
+class KeyFilter:
+    """A Bloom filter over journal keys (2 MiB, ~1 % false positives at a million keys): most lookups
+    in a run are misses, and this answers them without touching SQLite. Keys are hex digests already,
+    so their slices serve as the hash functions."""
+
+    BITS = 1 << 24
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+
+    def _positions(self, key: str) -> tuple[int, int, int]:
+        mask = self.BITS - 1
+        return int(key[0:8], 16) & mask, int(key[8:16], 16) & mask, int(key[16:24], 16) & mask
+
+    def add(self, key: str) -> None:
+        for p in self._positions(key):
+            self._bits[p >> 3] |= 1 << (p & 7)
+
+    def __contains__(self, key: str) -> bool:
+        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+
+
 @dataclass(slots=True)
 class JournalEntry:
     result: ChatResult
@@ -68,9 +90,14 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._batch: list[tuple[Any, ...]] = []
         self._batch_done: asyncio.Future[None] | None = None
+        self._filter = KeyFilter()
+        for (key,) in self._db.execute("SELECT key FROM calls"):
+            self._filter.add(key)
 
     def get(self, key: str, since: float | None = None) -> JournalEntry | None:
         """The recorded answer for `key` (only one recorded at or after `since`, when given)."""
+        if key not in self._filter:
+            return None
         if since is None:
             row = self._db.execute("SELECT result, cost_usd FROM calls WHERE key = ?", (key,)).fetchone()
         else:
@@ -80,8 +107,8 @@ class Journal:
             return None
         return JournalEntry(ChatResult.from_dict(orjson.loads(row[0])), row[1])
 
-    @staticmethod
-    def _row(key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> tuple[Any, ...]:
+    def _row(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> tuple[Any, ...]:
+        self._filter.add(key)
         return (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
                 cost_usd, orjson.dumps(result.to_dict()))
 

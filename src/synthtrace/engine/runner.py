@@ -97,7 +97,9 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         total = min(total, settings.max_records)
     started = time.monotonic()
     limits = config.limits
-    workers = max(4, 2 * (settings.concurrency or limits.concurrency))
+    # One worker per request slot (plus a few, so a slot never waits on a worker writing its rows):
+    # more would only queue at the limiter, and every waiter there costs a wake-up per request.
+    workers = (settings.concurrency or limits.concurrency) + 8
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
     stop = asyncio.Event()
 
