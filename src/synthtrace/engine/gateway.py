@@ -31,6 +31,7 @@ from synthtrace.types import (BudgetExceeded, ChatRequest, ChatResult, FatalErro
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 DEFAULT_COMPLETION_GUESS = 512
+SPORADIC_FAILURE_RATE = 0.10
 
 
 @dataclass(slots=True)
@@ -76,6 +77,10 @@ class _Endpoint:
     client: Client
     limiter: Limiter
     refused: FatalError | None = None  # a run-level refusal (bad key): nothing more is sent here
+    failure_rate: float = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
+
+    def observe(self, failed: bool) -> None:
+        self.failure_rate += ((1.0 if failed else 0.0) - self.failure_rate) * 0.02
 
 
 def build_client(name: str, resolved: ResolvedModel) -> Client:
@@ -239,12 +244,13 @@ class Gateway:
                     continue
                 except RetryableError:
                     ep.limiter.release()
+                    ep.observe(True)
                     errors += 1
                     if errors > max_retries:
                         self.stats.failures += 1
                         raise
                     self.stats.retries += 1
-                    await asyncio.sleep(_backoff(errors))
+                    await asyncio.sleep(_backoff(errors, ep.failure_rate))
                     continue
                 except BaseException as e:
                     ep.limiter.release()
@@ -253,6 +259,7 @@ class Gateway:
                         ep.refused = e
                     raise
                 ep.limiter.release()
+                ep.observe(False)
                 usage = result.usage
                 ep.limiter.on_success(tokens_est, usage.total_tokens)
                 break
@@ -276,8 +283,15 @@ class Gateway:
         self._endpoints.clear()
 
 
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with jitter: ~0.25–0.5 s, then 0.5–1 s, 1–2 s … capped."""
+def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
+    """Exponential backoff with jitter: ~0.25–0.5 s, then 0.5–1 s, 1–2 s … capped.
+
+    A sporadic failure (under 10 % of the endpoint's recent answers fail) is retried almost at once
+    the first time: the endpoint is healthy and waiting only stretches the run's tail. Systematic
+    failures always get the full exponential backoff.
+    """
+    if attempt == 1 and failure_rate < SPORADIC_FAILURE_RATE:
+        return random.uniform(0.0, 0.05)
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
