@@ -15,7 +15,7 @@ mkdir -p "$wheels"
 py="${PYTHON:-}"
 if [[ -z "$py" ]]; then
   for cand in python3.13 python3.12 python3.11 python3.10 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    if "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
       py="$cand"; break
     fi
   done

@@ -8,7 +8,7 @@ puts it in rejected.jsonl and goes on with the good lines (or stops first, with 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,15 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]] | BadInp
                 yield BadInput(source, n, f"expected a JSON object, got {type(obj).__name__}", text.strip())
                 continue
             yield n, obj
+
+
+def read_records(path: str | Path, build: Callable[[str, int, dict[str, Any]], Record | BadInput]
+                 ) -> Iterator[Record | BadInput]:
+    """JSONL records: bad lines pass through; `build(source, line, obj)` makes each object a Record
+    (or a BadInput that says what the recipe finds wrong with it)."""
+    source = str(path)
+    for item in read_jsonl(path):
+        yield item if isinstance(item, BadInput) else build(source, *item)
 
 
 def record_id(value: Any) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synthtrace.engine.gateway import RecordLLM
-from synthtrace.engine.inputs import BadInput, Record, read_jsonl, record_id
+from synthtrace.engine.inputs import BadInput, Record, read_records, record_id
 from synthtrace.recipes import Recipe
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
@@ -30,24 +30,7 @@ class CompletionsRecipe(Recipe):
         self.defaults = {k: v for k, v in defaults.items() if v is not None}
 
     def records(self, path: Path) -> Iterator[Record | BadInput]:
-        source = str(path)
-        for item in read_jsonl(path):
-            if isinstance(item, BadInput):
-                yield item
-                continue
-            n, obj = item
-            rid = record_id(obj.get("id"))
-            problem = None
-            if rid is None:
-                problem = "missing or empty `id` (a string or integer)"
-            elif "messages" in obj:
-                problem = _check_messages(obj["messages"])
-            elif not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-                problem = "needs a non-empty `prompt` string or a `messages` list"
-            if problem:
-                yield BadInput(source, n, problem, id=rid)
-                continue
-            yield Record(rid, obj, source, n)
+        return read_records(path, _build_record)
 
     def messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         if "messages" in data:
@@ -79,6 +62,20 @@ class CompletionsRecipe(Recipe):
         chars = sum(len(str(m.get("content") or "")) for m in self.messages(record.data))
         out = int(record.data.get("max_tokens") or self.defaults.get("max_tokens") or 512)
         return 1, chars // 4 + 1, out
+
+
+def _build_record(source: str, n: int, obj: dict[str, Any]) -> Record | BadInput:
+    rid = record_id(obj.get("id"))
+    problem = None
+    if rid is None:
+        problem = "missing or empty `id` (a string or integer)"
+    elif "messages" in obj:
+        problem = _check_messages(obj["messages"])
+    elif not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+        problem = "needs a non-empty `prompt` string or a `messages` list"
+    if problem:
+        return BadInput(source, n, problem, id=rid)
+    return Record(rid, obj, source, n)
 
 
 def _check_messages(messages: Any) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from synthtrace.engine.inputs import BadInput, Record, read_jsonl, record_id
+from synthtrace.engine.inputs import BadInput, Record, read_records, record_id
 from synthtrace.quality.similarity import containment
 
 ERROR_TYPES = ("diagnosis", "management", "treatment", "pharmacotherapy", "causalOrganism")
@@ -162,30 +162,25 @@ def _csv_error_case(rid: str, row: dict[str, str], text: str, sentences: list[st
 
 
 def _read_pairs_jsonl(path: Path) -> Iterator[Record | BadInput]:
-    source = str(path)
-    for item in read_jsonl(path):
-        if isinstance(item, BadInput):
-            yield item
-            continue
-        n, obj = item
-        rid = record_id(obj.get("note_id") or obj.get("id"))
-        fields = ("incorrect_note", "correct_note", "error_type", "error_sentence", "corrected_sentence")
-        missing = [k for k in fields if not isinstance(obj.get(k), str) or not obj[k].strip()]
-        etype = _TYPE_BY_LOWER.get(str(obj.get("error_type") or "").strip().lower())
-        if rid is None or missing:
-            what = "`note_id`" if rid is None else ", ".join(f"`{k}`" for k in missing)
-            yield BadInput(source, n, f"missing or empty {what}", id=rid)
-            continue
-        if etype is None:
-            yield BadInput(source, n, f"unknown error_type {obj['error_type']!r}", id=rid)
-            continue
-        error_sentences = split_sentences(obj["incorrect_note"])
-        sid = locate_sentence(error_sentences, obj["error_sentence"])
-        if sid < 0:
-            yield BadInput(source, n, "`error_sentence` not found in `incorrect_note`", id=rid)
-            continue
-        case = MedecCase(rid, obj["correct_note"].strip(), obj["incorrect_note"].strip(), etype,
-                         obj["error_sentence"].strip(), sid, obj["corrected_sentence"].strip(), error_sentences)
-        case.correct_sentences = (_swap(error_sentences, sid, case.error_sentence, case.corrected_sentence)
-                                  or split_sentences(case.correct_note or ""))
-        yield Record(rid, case.to_data(), source, n)
+    return read_records(path, _pair_record)
+
+
+def _pair_record(source: str, n: int, obj: dict[str, Any]) -> Record | BadInput:
+    rid = record_id(obj.get("note_id") or obj.get("id"))
+    fields = ("incorrect_note", "correct_note", "error_type", "error_sentence", "corrected_sentence")
+    missing = [k for k in fields if not isinstance(obj.get(k), str) or not obj[k].strip()]
+    etype = _TYPE_BY_LOWER.get(str(obj.get("error_type") or "").strip().lower())
+    if rid is None or missing:
+        what = "`note_id`" if rid is None else ", ".join(f"`{k}`" for k in missing)
+        return BadInput(source, n, f"missing or empty {what}", id=rid)
+    if etype is None:
+        return BadInput(source, n, f"unknown error_type {obj['error_type']!r}", id=rid)
+    error_sentences = split_sentences(obj["incorrect_note"])
+    sid = locate_sentence(error_sentences, obj["error_sentence"])
+    if sid < 0:
+        return BadInput(source, n, "`error_sentence` not found in `incorrect_note`", id=rid)
+    case = MedecCase(rid, obj["correct_note"].strip(), obj["incorrect_note"].strip(), etype,
+                     obj["error_sentence"].strip(), sid, obj["corrected_sentence"].strip(), error_sentences)
+    case.correct_sentences = (_swap(error_sentences, sid, case.error_sentence, case.corrected_sentence)
+                              or split_sentences(case.correct_note or ""))
+    return Record(rid, case.to_data(), source, n)
