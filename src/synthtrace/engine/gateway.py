@@ -31,7 +31,7 @@ from synthtrace.types import (BudgetExceeded, ChatRequest, ChatResult, FatalErro
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 DEFAULT_COMPLETION_GUESS = 512
-SPORADIC_FAILURE_RATE = 0.10
+SPORADIC_FAILURE_RATE = 0.25
 
 
 @dataclass(slots=True)
@@ -286,12 +286,13 @@ class Gateway:
 def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
     """Exponential backoff with jitter: ~0.25–0.5 s, then 0.5–1 s, 1–2 s … capped.
 
-    A sporadic failure (under 10 % of the endpoint's recent answers fail) is retried almost at once
-    the first time: the endpoint is healthy and waiting only stretches the run's tail. Systematic
-    failures always get the full exponential backoff.
+    While failures are sporadic (under 25 % of the endpoint's recent answers fail), retries go almost
+    at once: the endpoint is healthy, and waiting would only stretch the run's tail (a request that
+    fails twice near the end would otherwise add a second or more). Systematic failures get the full
+    exponential backoff; max_retries bounds both.
     """
-    if attempt == 1 and failure_rate < SPORADIC_FAILURE_RATE:
-        return random.uniform(0.0, 0.05)
+    if failure_rate < SPORADIC_FAILURE_RATE:
+        return random.uniform(0.0, 0.05 * attempt)
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
