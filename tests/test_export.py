@@ -270,7 +270,7 @@ def test_skips_are_counted_with_their_reasons(run_dir: Path, tmp_path: Path) -> 
         "unverified (--include-unverified keeps it)": 2,
         "user turn is the bare note, without a request": 1,
         "no exporter for recipe 'science'": 1,
-        "completions row without its prompt or messages (runs do not store them in rows)": 1,
+        "completions row without its prompt or messages": 1,
     }
     assert result.bad_line_count == 1 and result.bad_lines[0].startswith(f"{run_dir / 'rows.jsonl'}:8: invalid JSON")
     assert result.rows_read == MEDEC_ROWS + 3
@@ -476,3 +476,20 @@ def test_rows_written_by_the_medec_recipe_export_and_render(fp: Any, cli: Any, t
         text = render_template(line["messages"])
         assert text.startswith(f"<|im_start|>system\n{row['prompt']['system']}<|im_end|>\n<|im_start|>user\n")
         assert text.endswith(f"\n</think>\n\n{row['answer']}<|im_end|>\n")
+
+
+def test_a_real_completions_run_exports_as_chat(fp, cli, tmp_path, write_jsonl, config_file):
+    """Rows written by `run completions` carry the messages sent, so they export without extra input."""
+    inp = write_jsonl([{"id": f"c{i}", "prompt": f"question {i}"} for i in range(6)])
+    run = tmp_path / "run"
+    assert cli("run", "completions", "-i", inp, "-o", run, "--config", config_file(), "--system", "Be brief.").exit_code == 0
+    out = tmp_path / "sft.jsonl"
+    res = cli("export", "sft", run, "--format", "qwen3", "--out", out, "--val-fraction", "0")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 6
+    for ex in lines:
+        roles = [m["role"] for m in ex["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert ex["messages"][0]["content"] == "Be brief."
+        assert ex["messages"][2]["content"].endswith("echo: " + ex["messages"][1]["content"])

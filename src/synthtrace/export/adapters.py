@@ -152,8 +152,8 @@ def _rebuild_medec_prompt(kind: str, row: dict[str, Any], note: str | None) -> t
 # -- completions ----------------------------------------------------------------------------------
 
 def completions(row: dict[str, Any]) -> ChatExample | str:
-    """Rows of the generic recipe. The run does not store the input's `prompt`/`messages` in its rows,
-    so only rows that carry them (added by hand or by a later version) can be exported."""
+    """Rows of the generic recipe: `messages` (what was sent, one user turn with an optional system
+    prompt) or a bare `prompt`, and the `completion`."""
     prov = row.get("provenance") or {}
     group = _id(prov.get("record_id")) or _id(row.get("id"))
     if group is None:
@@ -175,7 +175,7 @@ def completions(row: dict[str, Any]) -> ChatExample | str:
     elif _str(row.get("prompt")):
         user, system = row["prompt"], _str(row.get("system"))
     else:
-        return "completions row without its prompt or messages (runs do not store them in rows)"
+        return "completions row without its prompt or messages"
 
     meta = {"note_id": _id(row.get("id")), "recipe": "completions", "role": None, "task": None, "label": None,
             "error_type": None, "group": group, "verified": None, "hinted": False}

@@ -17,7 +17,7 @@ from synthtrace.recipes import Recipe
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
 CONTROL = {"id", "prompt", "messages", "system", "model", "sample", *GEN_PARAMS}
-OUTPUT = ("completion", "reasoning", "usage", "cost_usd", "finish_reason", "provenance")
+OUTPUT = ("messages", "completion", "reasoning", "usage", "cost_usd", "finish_reason", "provenance")
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
@@ -43,8 +43,9 @@ class CompletionsRecipe(Recipe):
     async def process(self, record: Record, llm: RecordLLM) -> list[dict[str, Any]]:
         data = record.data
         params = {**self.defaults, **{k: data[k] for k in GEN_PARAMS if k in data}}
-        reply = await llm.chat(self.messages(data), model=data.get("model"), sample=int(data.get("sample", 0)), **params)
-        row: dict[str, Any] = {"id": data["id"]}
+        messages = self.messages(data)
+        reply = await llm.chat(messages, model=data.get("model"), sample=int(data.get("sample", 0)), **params)
+        row: dict[str, Any] = {"id": data["id"], "messages": messages}  # what was sent, so rows export as-is
         carried = {k: v for k, v in data.items() if k not in CONTROL}
         clashing = {k: carried.pop(k) for k in OUTPUT if k in carried}
         row.update(carried)
