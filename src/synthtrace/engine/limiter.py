@@ -1,7 +1,7 @@
 """Admission control for one endpoint: concurrency (AIMD), requests/min and tokens/min.
 
 Concurrency starts at the configured ceiling. A 429 cuts it to what the server was actually
-holding (the requests still in flight) and, once per cool-down, by a further 10 %; successes add it
+holding (the requests still in flight) and, once per cool-down, by a further 5 %; successes add it
 back slowly (about one slot per window of successes), and more slowly still near the level that
 last drew a 429. A throttled request waits its Retry-After and then queues again like any other:
 retries never bypass admission, so they cannot turn into a 429 storm. When a 429 leaves nothing of
@@ -115,7 +115,7 @@ class Limiter:
             return
         step = 1.0 / self.limit
         if self.limit + 1 >= self._last_throttle_level:
-            step /= 4  # probe gently near the level that was refused last time
+            step /= 8  # probe gently near the level that was refused last time
         self.limit = min(float(self.ceiling), self.limit + step)
         self._wake()
 
@@ -127,7 +127,7 @@ class Limiter:
         holding = max(1.0, float(self.in_flight))
         if now >= self._cooldown_until:
             self._last_throttle_level = min(self.limit, holding + 1)
-            self.limit = max(1.0, min(self.limit, holding) * 0.9)
+            self.limit = max(1.0, min(self.limit, holding) * 0.95)
         else:
             self.limit = max(1.0, min(self.limit, holding))
         self._cooldown_until = now + wait
