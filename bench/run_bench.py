@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from fake_server import FakeServerProcess, child_env, pinned_to
 from server_check import describe, run_check
 

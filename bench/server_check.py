@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-
 from fake_server import FakeServerProcess
 
 NEEDED_RPS = 4000.0  # scenario B: concurrency 200 / latency 0.05 s

@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 import pytest
-
 from conftest import arun
+
 from synthtrace.llm.anthropic import AnthropicClient
 from synthtrace.llm.argo import ArgoClient
 from synthtrace.llm.openai import OpenAIClient

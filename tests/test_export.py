@@ -124,8 +124,7 @@ def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     with open(run / "rows.jsonl", "w", encoding="utf-8") as f:
-        for row in build_rows():
-            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+        f.writelines((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in build_rows())
     return run
 
 

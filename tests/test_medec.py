@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import read_jsonl
+
 from synthtrace.engine.inputs import BadInput
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.recipes.medec.prompts import parse_verdict, render_verdict
@@ -82,7 +82,7 @@ ROW_KEYS = {"note_id", "role", "task", "note", "reasoning", "label", "answer", "
 def critic_of(pair: Pair, on_error: bool, hinted: bool | None = False) -> Any:
     """Matches the critic's requests on the pair's error note (or correct note); hinted=None: either."""
     line = pair.error_line if on_error else pair.correct_line
-    numbered = re.compile(rf"^\d+ {re.escape(line)}", re.M)
+    numbered = re.compile(rf"^\d+ {re.escape(line)}", re.MULTILINE)
 
     def match(body: Any) -> bool:
         text = last_user_text(body)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import prompts, read_jsonl
+
 from synthtrace.testing import Fault
 
 

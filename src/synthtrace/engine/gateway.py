@@ -25,8 +25,16 @@ from synthtrace.engine.journal import Journal, request_key
 from synthtrace.engine.limiter import Limiter
 from synthtrace.engine.structured import SchemaSpec, reask_message
 from synthtrace.llm.base import Client
-from synthtrace.types import (BudgetExceeded, ChatRequest, ChatResult, FatalError, Message, RateLimited,
-                              RetryableError, StructuredOutputError)
+from synthtrace.types import (
+    BudgetExceeded,
+    ChatRequest,
+    ChatResult,
+    FatalError,
+    Message,
+    RateLimited,
+    RetryableError,
+    StructuredOutputError,
+)
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0

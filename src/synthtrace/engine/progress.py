@@ -81,7 +81,7 @@ class RunProgress:
             print(f"[synthtrace] {self.label}: {self.done}{total} records · {stats_line(self.gateway)}",
                   file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._logger is not None:
             self._logger.cancel()
         if self._progress is not None:

@@ -29,17 +29,25 @@ import collections
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from synthtrace.testing.fake_answers import (ANTHROPIC, ARGO, BODY_BUILDERS, OPENAI, answer_for, error_body,
-                                             last_user_text, request_error)
+from synthtrace.testing.fake_answers import (
+    ANTHROPIC,
+    ARGO,
+    BODY_BUILDERS,
+    OPENAI,
+    answer_for,
+    error_body,
+    last_user_text,
+    request_error,
+)
 from synthtrace.testing.fake_ledger import Ledger, RecordedRequest
-from synthtrace.testing.faults import (DROP, MALFORMED, STATUS, TIMEOUT, TRUNCATED, Fault, FaultRates,
-                                       retry_after_header)
+from synthtrace.testing.faults import DROP, MALFORMED, STATUS, TIMEOUT, TRUNCATED, Fault, FaultRates, retry_after_header
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 MALFORMED_BODY = b"<html><body><h1>502 Bad Gateway</h1>upstream sent garbage</body></html>"

@@ -66,7 +66,7 @@ class MedecRecipe(Recipe):
 
     def estimate(self, record: Record) -> tuple[int, int, int]:
         case = MedecCase.from_data(record.data)
-        note_tokens = len((case.error_note or case.correct_note or "")) // 4
+        note_tokens = len(case.error_note or case.correct_note or "") // 4
         n = 4 if case.has_error else 2
         return n, n * (note_tokens + 300), n * 600
 
