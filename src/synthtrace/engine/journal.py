@@ -112,10 +112,6 @@ class Journal:
         return (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
                 cost_usd, orjson.dumps(result.to_dict()))
 
-    def put(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
-        """Record a response; committed (in the WAL) when this returns."""
-        self._db.execute(_INSERT, self._row(key, endpoint, model, result, cost_usd))
-
     async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
         """Record a response; returns once the transaction holding it has committed."""
         self._batch.append(self._row(key, endpoint, model, result, cost_usd))
