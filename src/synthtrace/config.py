@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
@@ -110,6 +109,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             if path:
                 raise ConfigError(f"config file not found: {p}")
             continue
+        import yaml  # only when there is a file to read: it costs start-up time otherwise
+
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

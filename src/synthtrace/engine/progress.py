@@ -9,22 +9,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from synthtrace.engine.gateway import Gateway
 
-
-class _LiveStats(ProgressColumn):
-    def __init__(self, gateway: Gateway):
-        super().__init__()
-        self.gateway = gateway
-
-    def render(self, task: Any) -> Text:
-        return Text(stats_line(self.gateway), style="dim")
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 def stats_line(gateway: Gateway) -> str:
@@ -54,11 +45,7 @@ class RunProgress:
         if self.quiet:
             self._logger = asyncio.get_running_loop().create_task(self._log_every(10.0))
         else:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("rows"), TimeRemainingColumn(), _LiveStats(self.gateway),
-                console=self.console, refresh_per_second=4, transient=False,
-            )
+            self._progress = _progress_bar(self.gateway, self.console)
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total)
         return self
@@ -86,3 +73,16 @@ class RunProgress:
             self._logger.cancel()
         if self._progress is not None:
             self._progress.stop()
+
+
+def _progress_bar(gateway: Gateway, console: Console) -> Progress:
+    """The terminal bar; rich.progress is imported only when one is shown (logs need none of it)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class LiveStats(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(stats_line(gateway), style="dim")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                    TimeRemainingColumn(), LiveStats(), console=console, refresh_per_second=4, transient=False)
