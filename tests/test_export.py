@@ -107,8 +107,8 @@ def build_rows() -> list[Any]:
     del by_id["ms-val-4_generator_correct"]["prompt"]  # an older row: its prompt is rebuilt
     by_id["ms-val-5_critic_correct"]["prompt"]["user"] = by_id["ms-val-5_critic_correct"]["note"]  # a bare note
     rows.insert(7, "{not json")  # an unreadable line: line 8 of rows.jsonl
-    rows.append({"id": "sci-1", "question": "Why is the sky blue?", "reasoning_trace": "<thought>Rayleigh.</thought>",
-                 "final_answer": "Rayleigh scattering.", "provenance": {"recipe": "science", "record_id": "sci-1"}})
+    rows.append({"id": "tr-1", "source": "Bonjour.", "translation": "Hello.",  # a recipe with no exporter
+                 "provenance": {"recipe": "translation", "record_id": "tr-1"}})
     rows.append({"id": "c1", "prompt": "Name three prime numbers.", "completion": "2, 3 and 5.",
                  "reasoning": "Small primes: 2, 3, 5.", "provenance": {"recipe": "completions", "record_id": "c1"}})
     rows.append({"id": "c2", "completion": "Hello.", "provenance": {"recipe": "completions", "record_id": "c2"}})
@@ -268,7 +268,7 @@ def test_skips_are_counted_with_their_reasons(run_dir: Path, tmp_path: Path) -> 
     assert dict(result.skipped) == {
         "unverified (--include-unverified keeps it)": 2,
         "user turn is the bare note, without a request": 1,
-        "no exporter for recipe 'science'": 1,
+        "no exporter for recipe 'translation'": 1,
         "completions row without its prompt or messages": 1,
     }
     assert result.bad_line_count == 1 and result.bad_lines[0].startswith(f"{run_dir / 'rows.jsonl'}:8: invalid JSON")
@@ -401,7 +401,7 @@ def test_cli_export_sft_prints_the_summary_and_both_paths(run_dir: Path, tmp_pat
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "critic/assessment" in text and "generator/generation" in text
-    assert "no exporter for recipe 'science'" in text and "unverified" in text
+    assert "no exporter for recipe 'translation'" in text and "unverified" in text
     assert "rows.jsonl:8: invalid JSON" in text
     assert str(out) in result.output.replace("\n", "") and str(val_path_for(out)) in result.output.replace("\n", "")
     assert len(read_lines(out)) + len(read_lines(val_path_for(out))) == MEDEC_ROWS - len(UNVERIFIED)

@@ -86,3 +86,22 @@ def test_medec_pair_on_the_embedded_model_ends_in_rows_or_reasons(cli_subprocess
     given_up = {e["note_id"].split("_", 1)[1] for e in rejected if "note_id" in e}
     whole_record = [e for e in rejected if "note_id" not in e]
     assert produced | given_up == kinds or (not produced and whole_record)
+
+
+def test_science_passage_on_the_embedded_model_ends_in_traces_or_reasons(cli_subprocess, tmp_path):
+    passages = (ROOT / "examples" / "science" / "passages.jsonl").read_text(encoding="utf-8").splitlines()
+    inp = tmp_path / "one.jsonl"
+    inp.write_text(passages[1] + "\n", encoding="utf-8")
+    out = tmp_path / "traces.jsonl"
+    proc = cli_subprocess("run", "science", "-i", str(inp), "-o", str(out), "--traces-per-sample", "1",
+                          "--max-tokens", "160", "--model", "local", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    traces = rows_of(out)
+    rejected = rows_of(tmp_path / "traces.jsonl.run" / "rejected.jsonl")
+    assert traces or rejected
+    assert all(isinstance(e["reason"], str) and e["reason"] for e in rejected)
+    for t in traces:
+        assert t["reasoning_trace"].startswith("<thought>") and t["final_answer"].strip()
+        assert t["user_interaction"]["question_type"] in {"clarification", "critical", "interpretation",
+                                                          "application", "comparison", "mechanism", "limitation"}
+        assert t["provenance"]["passage"] in passages[1].replace("\\n", "\n") or t["provenance"]["passage"]

@@ -36,7 +36,7 @@ EXIT_BUDGET = 3
 
 def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        click.option("--input", "-i", "--input-file", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Input file."),
         click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Run directory."),
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -112,19 +112,81 @@ def run_medec(samples: int, hint_on_failure: bool, keep_unverified: bool, min_si
                         keep_unverified=keep_unverified), **common)
 
 
+@run.command("science")
+@_common_run_options
+@click.option("--traces-per-sample", default=2, show_default=True, type=click.IntRange(1, 8),
+              help="Questions traced per passage, spread over the question types.")
+@click.option("--traces-per-question", default=1, show_default=True, type=click.IntRange(1, 8),
+              help="Traces per question, each a different sample (own sample index and temperature).")
+@click.option("--max-traces", type=click.IntRange(1), help="Stop after about this many traces (whole passages).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="--no-resume is --fresh.")
+@click.option("--quality-check", is_flag=True, help="A judge panel scores each trace; weak ones are redone.")
+@click.option("--min-quality-score", default=7.0, show_default=True, type=click.FloatRange(1, 10),
+              help="Accept a trace when the judges' mean overall score (1-10) reaches this.")
+@click.option("--max-regenerations", default=2, show_default=True, type=click.IntRange(0, 5),
+              help="Redos of a trace the judges reject.")
+@click.option("--judge-model", "judges", multiple=True,
+              help="A judge (repeat for a panel; default: recipes.science.judges in the config, else --model).")
+@click.option("--grade-answers", is_flag=True, help="Six 0-1 answer grades plus overall per trace, for RL.")
+@click.option("--grader-model", help="Model for answer grades (default: recipes.science.grader, else --model).")
+@click.option("--passage-tokens", default=1500, show_default=True, type=click.IntRange(200),
+              help="Longer texts are split on paragraph boundaries into passages of at most this many tokens.")
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(64),
+              help="Max tokens of the assembled trace (and the cap of every other stage).")
+def run_science(traces_per_sample: int, traces_per_question: int, max_traces: int | None, resume: bool,
+                quality_check: bool, min_quality_score: float, max_regenerations: int, judges: tuple[str, ...],
+                grade_answers: bool, grader_model: str | None, passage_tokens: int, max_tokens: int,
+                **common: Any) -> None:
+    """Questions, multi-stage reasoning traces and answers from scientific passages (JSONL with `text`).
+
+    --output DIR keeps the run there; --output FILE.json or FILE.jsonl also writes the traces in the
+    science tool's format (kept in step while the run goes), with the run in FILE.json.run/.
+    """
+    from synthtrace.recipes.science.output import SUFFIXES, TraceFile, run_dir_for
+    from synthtrace.recipes.science.recipe import ScienceRecipe
+
+    def recipe(config: Config) -> ScienceRecipe:
+        options = config.recipes.get("science", {})
+        return ScienceRecipe(traces_per_sample=traces_per_sample, traces_per_question=traces_per_question,
+                             passage_tokens=passage_tokens, quality_check=quality_check,
+                             min_quality_score=min_quality_score, max_regenerations=max_regenerations,
+                             judges=list(judges) or list(options.get("judges") or []), grade_answers=grade_answers,
+                             grader_model=grader_model or options.get("grader"), max_tokens=max_tokens)
+
+    target: Path = common["output"]
+    common["fresh"] = common["fresh"] or not resume
+    if max_traces is not None:
+        per_passage = traces_per_sample * traces_per_question
+        common["max_records"] = min(common["max_records"] or max_traces, -(-max_traces // per_passage))
+    publish = None
+    if target.suffix in SUFFIXES:
+        info = {"model": common["model"] or "default", "input_file": str(common["input_path"]),
+                "traces_per_sample": traces_per_sample, "traces_per_question": traces_per_question,
+                "quality_check": quality_check, "min_quality_score": min_quality_score if quality_check else None,
+                "grade_answers": grade_answers, "run_dir": str(run_dir_for(target))}
+        publish = TraceFile(target, info, max_traces).publish
+        common["output"] = run_dir_for(target)
+    execute(recipe, publish=publish, **common)
+    if publish is not None and not common["dry_run"]:
+        out.print(f"traces:   {escape(str(target))}", soft_wrap=True)
+
+
 def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
             base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
             max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,
-            quiet: bool) -> None:
-    """Shared body of every `run` subcommand."""
+            quiet: bool, publish: Callable[[Path, str], Any] | None = None) -> None:
+    """Shared body of every `run` subcommand. `recipe` may be a function of the loaded config."""
     from synthtrace.engine.runner import RunSettings
     from synthtrace.engine.runner import dry_run as estimate
 
     started()
 
     config = _config(config_path, base_url)
+    if callable(recipe):
+        recipe = recipe(config)
     settings = RunSettings(input=input_path, output=output, model=model, max_records=max_records, fresh=fresh,
-                           strict=strict, quiet=quiet, max_usd=max_usd, concurrency=concurrency, rpm=rpm, tpm=tpm)
+                           strict=strict, quiet=quiet, max_usd=max_usd, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                           publish=publish)
     try:
         resolved = resolve_model(config, model)
     except ConfigError as e:

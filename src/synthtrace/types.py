@@ -114,6 +114,11 @@ class BudgetExceeded(LLMError):
     """The run's --max-usd would be passed by this call; nothing was sent."""
 
 
+def stops_run(e: BaseException) -> bool:
+    """Errors a recipe must pass on to the runner: the budget, or a failure no record can get past."""
+    return isinstance(e, BudgetExceeded) or (isinstance(e, FatalError) and e.run_level)
+
+
 class StructuredOutputError(LLMError):
     """The model's answer did not validate against the schema after every allowed re-ask."""
 

@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     journal: Path | None = None  # default: OUTDIR/journal.db
+    # Called with (rows.jsonl, status) while rows arrive (at most every PUBLISH_EVERY_S, and never more than
+    # a tenth of the time) and once at the end: how a recipe keeps a file of its own in step with the run.
+    publish: Callable[[Path, str], Any] | None = None
 
 
 @dataclass
@@ -63,6 +67,9 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+
+
+PUBLISH_EVERY_S = 2.0
 
 
 class _Stop(Exception):
@@ -175,7 +182,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             if isinstance(rows, RecordOutcome):
                 for part in rows.rejected:
                     reject({"id": record.id, "record_id": record.id, "source": record.source, "line": record.line,
-                            **part}, f"{record.source}:{record.line}: {part.get('note_id', record.id)}: {part['reason']}")
+                            **part}, f"{record.source}:{record.line}: {part.get('note_id') or part.get('trace_id') or record.id}: {part['reason']}")
                 rows = rows.rows
             if not rows:
                 result.records_rejected += 1
@@ -186,7 +193,10 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             store.write_rows(record.id, rows)
             result.records_done += 1
             progress.advance()
+            if settings.publish is not None and time.monotonic() >= publisher.due:
+                publisher.run("running")
 
+    publisher = _Publisher(store, settings.publish)
     try:
         with RunProgress(gateway, total, settings.quiet, console, recipe.name) as progress:
             tasks = [asyncio.create_task(work(progress)) for _ in range(workers)]
@@ -211,10 +221,27 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                                    ": their cost counts as 0 (add them under `prices:` in the config)")
         manifest.update(status=result.status, finished=time.time(), result=asdict(result))
         store.write_manifest(manifest)
+        if settings.publish is not None:
+            publisher.run(result.status)
         await gateway.aclose()
         journal.close()
         store.close()
     return result
+
+
+class _Publisher:
+    def __init__(self, store: RunStore, publish: Callable[[Path, str], Any] | None):
+        self.store = store
+        self.publish = publish
+        self.due = 0.0
+
+    def run(self, status: str) -> None:
+        assert self.publish is not None
+        self.store.flush()
+        started = time.monotonic()
+        self.publish(self.store.rows_path, status)
+        took = time.monotonic() - started
+        self.due = time.monotonic() + max(PUBLISH_EVERY_S, 10 * took)
 
 
 def _duplicate(record: Record, earlier: int) -> BadInput:

@@ -9,9 +9,7 @@ model will see (never the teacher's instructions, never a bare note without its 
 reasoning without its wrapping tags, and the final answer. The exporter adds the checks every
 format needs (no empty turns, no chat-template tokens inside the text).
 
-A recipe added later writes its adapter here and registers it in `ADAPTERS`. A science recipe
-whose rows hold `question`, `reasoning_trace` (`<thought>…</thought>`) and `final_answer` needs
-little more than `unwrap(row["reasoning_trace"], "thought")`.
+A recipe added later writes its adapter here and registers it in `ADAPTERS`.
 """
 
 from __future__ import annotations
@@ -182,4 +180,29 @@ def completions(row: dict[str, Any]) -> ChatExample | str:
     return ChatExample(system, user, reasoning, answer, group, kind="completions", meta=meta)
 
 
-ADAPTERS: dict[str, Adapter] = {"medec": medec, "completions": completions}
+# -- science --------------------------------------------------------------------------------------
+
+def science(row: dict[str, Any]) -> ChatExample | str:
+    """Traces of the science recipe: the self-contained question is the whole user turn (the trained
+    model never sees the passage), `<thought>` becomes the think block, `final_answer` the answer.
+    Traces of one source text share a group, so a paper never straddles the split."""
+    prov = row.get("provenance") or {}
+    group = _id(prov.get("source_id")) or _id(row.get("passage_id")) or _id(prov.get("record_id"))
+    if group is None:
+        return "science row without provenance.source_id or passage_id"
+    ui = row.get("user_interaction") or {}
+    question, answer = _str(ui.get("question")), _str(row.get("final_answer"))
+    if question is None:
+        return "science row without a question"
+    if answer is None:
+        return "empty final answer"
+    reasoning = unwrap(row.get("reasoning_trace"), "thought")
+    if not reasoning:
+        return "empty reasoning trace"
+    meta = {"note_id": _id(row.get("id")), "recipe": "science", "role": None, "task": _str(ui.get("question_type")),
+            "label": _str(ui.get("difficulty_level")), "error_type": None, "group": group, "verified": None,
+            "hinted": False}
+    return ChatExample(None, question, reasoning, answer, group, kind=f"science/{meta['task']}", meta=meta)
+
+
+ADAPTERS: dict[str, Adapter] = {"medec": medec, "completions": completions, "science": science}

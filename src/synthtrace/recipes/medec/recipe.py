@@ -27,7 +27,7 @@ from synthtrace.recipes import Recipe
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.recipes.medec.verify import DEFAULT_MIN_SIMILARITY, verify_critic_verdict
-from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome
+from synthtrace.types import LLMError, RecordOutcome, stops_run
 
 TEMPERATURES = (0.3, 0.7, 1.0, 1.1, 1.2)
 MIN_TRACE_WORDS = 40
@@ -79,12 +79,12 @@ class MedecRecipe(Recipe):
             jobs += [self._critic(case, llm.fork(), on_error_note=True), self._generator_error(case, llm.fork())]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         for outcome in outcomes:  # the budget or a refused key stops the run: the record stays untouched
-            if _stops_run(outcome):
+            if stops_run(outcome):
                 raise outcome
         order = {"critic_correct": 0, "critic_error": 1, "generator_correct": 2, "generator_error": 3}
         rows, rejected = [], []
         for kind, outcome in zip(("critic_correct", "generator_correct", "critic_error", "generator_error"), outcomes):
-            if isinstance(outcome, LLMError) and not _stops_run(outcome):
+            if isinstance(outcome, LLMError) and not stops_run(outcome):
                 rejected.append({"note_id": f"{case.id}_{kind}", "reason": str(outcome), "error": type(outcome).__name__})
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -136,7 +136,7 @@ class MedecRecipe(Recipe):
             reply = await llm.chat(messages, model=self.critic_model, schema=CriticVerdict, sample=sample,
                                    temperature=temperature, max_tokens=self.max_tokens)
         except LLMError as e:
-            if _stops_run(e):
+            if stops_run(e):
                 raise
             return {"check": {"verified": False, "problem": f"{type(e).__name__}: {e}", "sample": sample}}
         v: CriticVerdict = reply.parsed
@@ -227,17 +227,8 @@ def _own_calls(row: dict[str, Any], llm: RecordLLM) -> None:
                              cost_usd=round(llm.cost_usd, 8))
 
 
-def _stops_run(outcome: object) -> bool:
-    return isinstance(outcome, BudgetExceeded) or (isinstance(outcome, FatalError) and outcome.run_level)
-
-
 def _reject(note_id: str, reason: str, **details: Any) -> dict[str, Any]:
     return {"_rejected": True, "note_id": note_id, "reason": reason, "details": details}
-
-
-def _stops_run(e: LLMError) -> bool:
-    """Errors the runner must see: the budget, or a failure no record can get past (e.g. a bad key)."""
-    return isinstance(e, BudgetExceeded) or (isinstance(e, FatalError) and e.run_level)
 
 
 def _trace_ok(trace: str) -> bool:

@@ -1,0 +1,1 @@
+"""science: scientific passages → self-contained questions → natural reasoning traces → answers."""
