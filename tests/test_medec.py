@@ -363,6 +363,32 @@ def test_parse_verdict_reads_back_what_render_verdict_writes():
     assert parse_verdict("Verdict: ERROR\nCorrection: something") is None  # no sentence id
 
 
+@pytest.mark.parametrize("text, expected", [
+    (render_verdict(True, 3, "Give penicillin."), (True, 3, "Give penicillin.")),
+    (render_verdict(False, -1, None), (False, -1, None)),
+    # markdown around the labels, the colon inside or outside the bold
+    ("**Verdict**: ERROR\n**Error sentence**: 4\n**Correction**: Start heparin.", (True, 4, "Start heparin.")),
+    ("**Verdict:** error\n**Error sentence ID:** 0\n**Corrected sentence:** \"Start heparin.\"", (True, 0, "Start heparin.")),
+    # the correction on the line after its label; N/A and none mean no correction
+    ("Verdict: ERROR\nError sentence: 2\nCorrection:\nStart heparin.", (True, 2, "Start heparin.")),
+    ("Verdict: ERROR\nError sentence: 2\nCorrection: N/A", (True, 2, None)),
+    # a model that reasons in the open: the last verdict is the answer, its lines follow it
+    ("Error sentence: 7 looks odd. A verdict: correct would be premature.\nVerdict: ERROR\nError sentence: 2\n"
+     "Correction: Start heparin.", (True, 2, "Start heparin.")),
+    ("At first sight, Verdict: ERROR in sentence 2? No.\nVerdict: CORRECT\nError sentence: -1\nCorrection: NA",
+     (False, -1, None)),
+    # a think block is skipped; an unclosed one means the answer was never reached
+    ("<think>Verdict: CORRECT</think>\nVerdict: ERROR\nError sentence: 1\nCorrection: X.", (True, 1, "X.")),
+    ("<think>Sentence 1 is wrong. Verdict: ERROR\nError sentence: 1\nCorrection: X.", None),
+    # a dash separates only with spaces around it: "-1" is never read as sentence 1
+    ("Verdict - ERROR\nError sentence - 5\nCorrection - X.", (True, 5, "X.")),
+    ("Verdict: ERROR\nError sentence -1\nCorrection: X.", None),
+    ("The note looks fine to me.", None),
+])
+def test_parse_verdict_reads_the_answer_format_and_common_variants(text, expected):
+    assert parse_verdict(text) == expected
+
+
 # =================================================================================================
 # 3. retries, then rejection
 

@@ -1,6 +1,7 @@
 """The `synthtrace` command: thin — flags and config in, library calls out, a summary printed.
 
     synthtrace run RECIPE --input PATH --output DIR [common options] [recipe options]
+    synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
     synthtrace cache stats|prune …
 """
@@ -64,7 +65,7 @@ def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def main(ctx: click.Context) -> None:
     """synthtrace: verified reasoning-trace training data from your own sources."""
     load_dotenv_file()
-    if ctx.invoked_subcommand != "run":
+    if ctx.invoked_subcommand not in ("run", "eval"):  # those call started() once their imports are done
         started()
 
 
@@ -171,11 +172,17 @@ def run_science(traces_per_sample: int, traces_per_question: int, max_traces: in
         out.print(f"traces:   {escape(str(target))}", soft_wrap=True)
 
 
-def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
-            base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
-            max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,
-            quiet: bool, publish: Callable[[Path, str], Any] | None = None) -> None:
-    """Shared body of every `run` subcommand. `recipe` may be a function of the loaded config."""
+def execute(recipe: Any, **common: Any) -> None:
+    """Shared body of every `run` subcommand."""
+    _exit_for(_run(recipe, **common))
+
+
+def _run(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
+         base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
+         max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,
+         quiet: bool, publish: Callable[[Path, str], Any] | None = None) -> Any:
+    """Run `recipe` (or a function of the loaded config that makes it) with the common options and print
+    the run summary; None after a dry run."""
     from synthtrace.engine.runner import RunSettings
     from synthtrace.engine.runner import dry_run as estimate
 
@@ -193,11 +200,17 @@ def execute(recipe: Any, *, input_path: Path, output: Path, config_path: Path | 
         raise click.UsageError(str(e)) from None
     if dry_run:
         _print_estimate(estimate(recipe, settings, config))
-        return
+        return None
     if resolved.is_local:
         _announce_local(resolved.model, explicit=model is not None)
     result = _run_async(recipe, settings, config)
     _print_summary(result, settings)
+    return result
+
+
+def _exit_for(result: Any) -> None:
+    if result is None:
+        return
     if result.status in ("invalid-input", "error"):
         sys.exit(1)
     if result.status == "budget":
@@ -270,6 +283,94 @@ def _print_summary(result: Any, settings: Any) -> None:
         out.print(f"rows:     {escape(str(settings.output / 'rows.jsonl'))}", soft_wrap=True)
         if result.records_rejected or result.bad_input:
             out.print(f"rejected: {escape(str(settings.output / 'rejected.jsonl'))}", soft_wrap=True)
+
+
+# -- eval -----------------------------------------------------------------------------------------
+
+@main.group("eval")
+def eval_group() -> None:
+    """Evaluate a model on a benchmark, through the engine (re-run the same command to resume)."""
+
+
+@eval_group.command("medec")
+@_common_run_options
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(16),
+              help="Answer budget per note, reasoning included.")
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Sampling temperature (0: greedy).")
+@click.option("--explain-format", is_flag=True,
+              help="Append the answer format to the task prompt, for models not trained on it (baselines). "
+                   "Use a fresh output dir when changing it.")
+@click.option("--bleurt-checkpoint", default="BLEURT-20", show_default=True,
+              help="BLEURT checkpoint directory (used only when the bleurt package is installed).")
+def eval_medec(max_tokens: int, temperature: float, explain_format: bool, bleurt_checkpoint: str,
+               **common: Any) -> None:
+    """Error detection and correction on MEDEC notes (official CSV), scored as in MEDIQA-CORR 2024.
+
+    The model sees each note as the trained critic does (its system prompt and task); its verdicts go
+    to OUTDIR/rows.jsonl, the figures to OUTDIR/metrics.json, the MEDIQA-CORR submission file to
+    OUTDIR/submission.txt.
+    """
+    from synthtrace.eval.medec import MedecEvalRecipe, correction_scorers, evaluate
+
+    recipe = MedecEvalRecipe(max_tokens=max_tokens, temperature=temperature, explain_format=explain_format)
+    result = _run(recipe, **common)
+    if result is not None and result.status != "invalid-input":
+        scorers, skipped = correction_scorers(bleurt_checkpoint)
+        metrics = evaluate(common["input_path"], common["output"], max_records=common["max_records"],
+                           scorers=scorers, skipped=skipped)
+        _print_eval(metrics, common["output"])
+    _exit_for(result)
+
+
+_METRIC_NAMES = {"rouge1_f": "ROUGE-1 F", "bertscore": "BERTScore", "bleurt": "BLEURT", "aggregate": "aggregate"}
+
+
+def _print_eval(m: dict[str, Any], output: Path) -> None:
+    from synthtrace.eval.medec import METRICS, SUBMISSION
+
+    def num(value: Any) -> str:
+        return "-" if value is None else value if isinstance(value, str) else f"{value:.3f}"
+
+    metrics = [*m["correction_metrics"], "aggregate"] if m["correction_metrics"] else []
+    table = Table(title="MEDEC: error detection and correction", title_justify="left",
+                  caption="corrections: composite score (1 when both say NA, 0 when one does); "
+                          f"published rows: approximate, MEDEC test set — {m['published']['source']}",
+                  caption_justify="left")
+    for col in ("", "notes", "flag acc", "sentence acc", *(_METRIC_NAMES.get(k, k) for k in metrics), "unparseable"):
+        table.add_column(col, justify="left" if not col else "right")
+
+    def add(label: str, f: dict[str, Any], style: str | None = None) -> None:
+        table.add_row(label, f"{f['notes']:,}", num(f["error_flag_accuracy"]), num(f["error_sentence_accuracy"]),
+                      *(num(f["correction"][k]["composite"]) for k in metrics), f"{f['unparseable']:,}", style=style)
+
+    model = m["model"] or {}
+    add(escape(str(model.get("alias") or model.get("model") or "this model")), m, style="bold")
+    for etype, figures in m["by_error_type"].items():
+        add(f"  {etype}" + (" (no error)" if etype == "none" else ""), figures)
+    table.add_section()
+    for row in m["published"]["rows"]:
+        table.add_row(escape(row["who"]), "", num(row["error_flag_accuracy"]), num(row["error_sentence_accuracy"]),
+                      *("" for _ in metrics), "", style="dim")
+    out.print(table)
+    if m["unparseable"]:
+        truncated = f", {m['unparseable_truncated']:,} of them cut off by --max-tokens" if m["unparseable_truncated"] else ""
+        err.print(f"[yellow]{m['unparseable']:,} unparseable answer(s){truncated}: counted as wrong "
+                  f"({escape(', '.join(m['unparseable_ids'][:5]))}{' …' if m['unparseable'] > 5 else ''})[/yellow]",
+                  soft_wrap=True)
+    if m["missing"]:
+        err.print(f"[yellow]{m['missing']:,} note(s) without a prediction (rejected or not run yet): counted as "
+                  "wrong; re-run the same command to finish[/yellow]", soft_wrap=True)
+    for name, why in m["skipped_metrics"].items():
+        err.print(f"[yellow]{_METRIC_NAMES.get(name, name)} skipped: {escape(why)}[/yellow]", soft_wrap=True)
+    if m["skipped_metrics"] and m["correction_metrics"]:
+        used = ", ".join(_METRIC_NAMES.get(k, k) for k in m["correction_metrics"])
+        err.print(f"[yellow]aggregate = mean of {used} only: not the shared task's Aggregate "
+                  "(ROUGE-1 F, BERTScore, BLEURT)[/yellow]", soft_wrap=True)
+    for w in m["warnings"]:
+        err.print(f"[yellow]warning: {escape(w)}[/yellow]", soft_wrap=True)
+    out.print(f"metrics:    {escape(str(output / METRICS))}", soft_wrap=True)
+    out.print(f"submission: {escape(str(output / SUBMISSION))}", soft_wrap=True)
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -43,6 +43,12 @@ def critic_user(sentences: list[str]) -> str:
     )
 
 
+def critic_messages(sentences: list[str]) -> list[dict[str, str]]:
+    """The critic's task as the trained model sees it: what the SFT export holds and what
+    `synthtrace eval medec` sends, so training and evaluation ask the same question."""
+    return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": critic_user(sentences)}]
+
+
 def generator_correct_user(opening: str) -> str:
     return (
         "Write the complete clinical note for this case: history, examination, investigations, and the "
@@ -99,28 +105,50 @@ def generator_error_teacher(correct_sentence: str, error_sentence: str, error_ty
 
 # -- the answer format (shared with `synthtrace eval medec`) --------------------------------------
 
+# For models never trained on this format (e.g. a baseline in `synthtrace eval medec --explain-format`):
+# appended to the critic's user turn, it asks for exactly what `render_verdict` writes.
+ANSWER_FORMAT = (
+    "End your answer with these three lines and nothing after them:\n"
+    "Verdict: CORRECT or ERROR\n"
+    "Error sentence: the number of the wrong sentence, or -1 when there is no error\n"
+    "Correction: the corrected sentence, or NA when there is no error"
+)
+
+
 def render_verdict(error_found: bool, sentence_id: int, corrected: str | None) -> str:
     if not error_found:
         return "Verdict: CORRECT\nError sentence: -1\nCorrection: NA"
     return f"Verdict: ERROR\nError sentence: {sentence_id}\nCorrection: {corrected or 'NA'}"
 
 
-_VERDICT = re.compile(r"verdict\s*[:\-]\s*\**\s*(correct|error)", re.IGNORECASE)
-_SENTENCE = re.compile(r"error\s+sentence(?:\s+id)?\s*[:\-]\s*\**\s*(-?\d+)", re.IGNORECASE)
-_CORRECTION = re.compile(r"correct(?:ion|ed sentence)\s*[:\-]\s*(.+)", re.IGNORECASE)
+# A label's end: "Verdict:", "**Verdict:**", "**Verdict**:", "Verdict - " (a dash needs spaces
+# around it, so "Error sentence -1" is not read as sentence 1).
+_END = r"\s*\**\s*(?::|\s-\s)\s*\**\s*"
+_VERDICT = re.compile(rf"verdict{_END}(correct|error)\b", re.IGNORECASE)
+_SENTENCE = re.compile(rf"error\s+sentence(?:\s+(?:id|number))?{_END}(-?\d+)", re.IGNORECASE)
+_CORRECTION = re.compile(rf"correct(?:ion|ed\s+sentence){_END}(.+)", re.IGNORECASE)
+_NO_CORRECTION = {"", "na", "n/a", "none"}
 
 
 def parse_verdict(text: str) -> tuple[bool, int, str | None] | None:
-    """(error found, sentence id, correction) from an answer in the format above; None if unparseable."""
-    body = text.rsplit("</think>", 1)[-1]
-    verdict = _VERDICT.search(body)
-    if verdict is None:
+    """(error found, sentence id, correction) from an answer in the format above; None if unparseable.
+
+    Reads what follows any `<think>` block (an unclosed one means the model never reached its
+    answer); when the verdict line appears more than once (a model that reasons in the open),
+    the last one is the answer, and its sentence and correction are the lines after it.
+    """
+    if "<think>" in text and "</think>" not in text:
         return None
+    body = text.rsplit("</think>", 1)[-1]
+    verdicts = list(_VERDICT.finditer(body))
+    if not verdicts:
+        return None
+    verdict = verdicts[-1]
     if verdict.group(1).lower() == "correct":
         return False, -1, None
-    sentence = _SENTENCE.search(body)
-    correction = _CORRECTION.search(body[verdict.end():])
+    sentence = _SENTENCE.search(body, verdict.end())
     if sentence is None:
         return None
-    fix = correction.group(1).strip().strip('"*').strip() if correction else None
-    return True, int(sentence.group(1)), (None if not fix or fix.upper() == "NA" else fix)
+    correction = _CORRECTION.search(body, verdict.end())
+    fix = correction.group(1).strip().strip('"*').strip() if correction else ""
+    return True, int(sentence.group(1)), (None if fix.lower() in _NO_CORRECTION else fix)

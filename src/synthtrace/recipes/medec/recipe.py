@@ -103,7 +103,7 @@ class MedecRecipe(Recipe):
         tally = self._tally[case.error_type if on_error_note else "no error"]
         tally["attempted"] += 1
         sentences = (case.error_sentences if on_error_note else case.correct_sentences) or []
-        task = [{"role": "system", "content": P.CRITIC_SYSTEM}, {"role": "user", "content": P.critic_user(sentences)}]
+        task = P.critic_messages(sentences)
         attempts: list[dict[str, Any]] = []
         for i in range(self.samples):
             result = await self._ask_critic(llm, task, P.CRITIC_TEACHER, case, on_error_note, sample=i,
