@@ -230,11 +230,11 @@ def test_cli_trains_merges_and_explains_bad_input(data_dir, tmp_path):
 
     out = tmp_path / "cli-out"
     args = ["train", "--data", str(data_dir / "train.jsonl"), "--base", str(data_dir / "base"), "--output", str(out),
-            "--max-steps", "3", "--lr", "1e-2", "--grad-accum", "1", "--logging-steps", "1",
+            "--max-steps", "3", "--lr", "1e-2", "--grad-accum", "1",
             "--no-gradient-checkpointing", "--merge"]
     res = CliRunner().invoke(cli_main, args)
     assert res.exit_code == 0, res.output
-    assert "training loss" in res.output and str(out) in res.output
+    assert "training loss" in res.output and str(out) in res.output  # the first step is logged, whatever the interval
     assert (out / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.model_type == "qwen3" and (out / "merged" / "tokenizer.json").is_file()

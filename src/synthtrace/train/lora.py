@@ -244,6 +244,7 @@ def _trainer(opts: TrainOptions, tokenizer: Any, dtype: Any, device: str, train_
         fp16=False,
         use_cpu=device == "cpu",
         logging_steps=opts.logging_steps,
+        logging_first_step=True,  # the starting loss, whatever the logging interval
         save_strategy="steps",
         save_steps=opts.save_steps,
         save_total_limit=opts.save_total_limit,
