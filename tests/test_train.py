@@ -208,8 +208,34 @@ def test_a_template_that_drops_the_reasoning_is_refused(data_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(data_dir / "base")
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] | trim }}"
                          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    with pytest.raises(TrainDataError, match=r"qwen3.jsonl:1: the chat template dropped or rewrote the reasoning"):
-        encode(load_examples(write_sft(tmp_path / "qwen3.jsonl", "qwen3", [0]), tok), tok, 4096)
+    with pytest.raises(TrainDataError, match=r"qwen3.jsonl:1: the base model's chat template does not render the "
+                                             r"final assistant turn as exported"):
+        load_examples(write_sft(tmp_path / "qwen3.jsonl", "qwen3", [0]), tok)
+
+
+@pytest.mark.parametrize("template", ["qwen3", "qwen3_8"])
+def test_stock_qwen3_templates_train_the_think_block_as_exported(data_dir, tmp_path, template):
+    """Qwen's own templates (as TRL ships them): the history loses its reasoning, the final turn keeps it."""
+    import trl
+
+    path = Path(trl.__file__).parent / "chat_templates" / f"{template}.jinja"
+    if not path.is_file():
+        pytest.skip(f"this TRL does not ship {path.name}")
+    tok = AutoTokenizer.from_pretrained(data_dir / "base")
+    tok.chat_template = path.read_text()
+    ex = example(1)
+    turn = render(ex, "qwen3")["messages"]
+    history = [turn[0], {"role": "user", "content": "An earlier question."},
+               {"role": "assistant", "content": "<think>\nearlier thoughts\n</think>\n\nAn earlier answer."}, *turn[1:]]
+    lines = [render(ex, "qwen3"), render(ex, "messages"), {"messages": history}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for row in encode(load_examples(data, tok), tok, None).rows:
+        trained = tok.decode([lab for lab in row["labels"] if lab != IGNORE])
+        # the generation prompt of a thinking template already opens the block: it is context, not target
+        assert f"<think>\n{ex.reasoning}\n</think>\n\n{ex.answer}<|im_end|>".endswith(trained)
+        assert trained.startswith(("<think>\n", ex.reasoning))
+        assert ex.answer in tok.decode(row["input_ids"]) and "earlier thoughts" not in trained
 
 
 def test_truncation_is_counted_and_examples_without_answer_tokens_are_left_out(data_dir, tmp_path):

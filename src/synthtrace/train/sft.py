@@ -12,10 +12,12 @@ stock templates such as Qwen3's lack: the prompt is the template applied to the 
 final turn with the generation prompt, and the rendered conversation must start with exactly that
 text. Tokens lying wholly after the prompt and up to the turn's end token carry labels; the prompt and
 anything after the end token get -100. Character offsets decide (not a token-prefix comparison), so a
-merge across the boundary cannot shift the mask. The rendered assistant part must still contain the
-reasoning and the answer as exported (Qwen3's template drops reasoning from *earlier* turns only);
-a template that drops it is refused, naming the line. A chatml `text` is used as written: everything
-up to the last `<|im_start|>assistant\\n` is prompt.
+merge across the boundary cannot shift the mask. The final turn must render exactly as exported —
+`<think>\\n…\\n</think>\\n\\nANSWER`, nothing added, though the generation prompt may hold its opening
+`<think>\\n` — with the think block in the content (Qwen3's templates drop reasoning from *earlier*
+turns only) or, failing that, in `reasoning_content`; a template that does neither is refused, naming
+the line. A chatml `text` is used as written: everything up to the last `<|im_start|>assistant\\n`
+is prompt.
 """
 
 from __future__ import annotations
@@ -121,28 +123,42 @@ def _from_messages(messages: list[Any], tokenizer: Any, source: str, line: int) 
     if len(msgs) < 2 or msgs[-1]["role"] != "assistant" or msgs[-2]["role"] == "assistant":
         raise TrainDataError(f"{where}: the conversation must end with one assistant turn after a user (or system) "
                              "turn")
-    last = messages[-1]
-    reasoning = last.get("reasoning_content")
+    reasoning = messages[-1].get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
         raise TrainDataError(f"{where}: reasoning_content must be a string")
-    if reasoning is not None and "<think>" not in last["content"]:  # `messages` format: rebuild the think block
-        msgs[-1]["content"] = f"<think>\n{reasoning.strip()}\n</think>\n\n{last['content'].strip()}"
-    reasoning_text, answer = _split_think(msgs[-1]["content"])
+    content = msgs[-1]["content"]
+    if reasoning is not None and "</think>" not in content:  # `messages` format: the think block goes back in front
+        content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content.strip()}"
+    thinking = "</think>" in content
+    reasoning, answer = _split_think(content)
     if not answer.strip():
         raise TrainDataError(f"{where}: the assistant turn has no answer")
     if getattr(tokenizer, "chat_template", None) is None:
         raise TrainDataError(f"{where}: the base model's tokenizer has no chat template; export with "
                              "--format chatml to train on rendered text")
-    try:
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    except Exception as e:  # noqa: BLE001 - template errors come as jinja exceptions of many kinds
-        raise TrainDataError(f"{where}: the chat template failed: {e}") from None
-    if not text.startswith(prompt):
-        raise TrainDataError(f"{where}: the chat template renders the prompt differently when the assistant turn "
-                             "follows, so the answer cannot be located; export with --format chatml instead")
-    return Example(source, line, text, len(prompt), _content_end(text, tokenizer, len(prompt)),
-                   _pieces(reasoning_text, answer))
+    # The turn as exported: with the think block in the content (Qwen3's templates take it from there), else
+    # with the reasoning in `reasoning_content` (templates that only read it there).
+    expected = f"<think>\n{reasoning}\n</think>\n\n{answer.strip()}" if thinking else answer.strip()
+    forms = [{"role": "assistant", "content": content}]
+    if thinking:
+        forms.append({"role": "assistant", "content": answer.strip(), "reasoning_content": reasoning})
+    for final in forms:
+        try:
+            prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template([*msgs[:-1], final], tokenize=False)
+        except Exception as e:  # noqa: BLE001 - template errors come as jinja exceptions of many kinds
+            raise TrainDataError(f"{where}: the chat template failed: {e}") from None
+        if not text.startswith(prompt):
+            continue  # the prompt renders differently once the answer follows: its end cannot be found
+        content_end = _content_end(text, tokenizer, len(prompt))
+        body = _without_end_token(text[:content_end], tokenizer).rstrip()
+        # the turn ends with the exported text and, when it has a think block, nothing but the generation
+        # prompt stands before it (without one, what the template puts there, e.g. an empty block, is kept)
+        if body.endswith(expected) and (not thinking or len(body) - len(expected) <= len(prompt)):
+            return Example(source, line, text, len(prompt), content_end, _pieces(reasoning, answer))
+    raise TrainDataError(f"{where}: the base model's chat template does not render the final assistant turn as "
+                         "exported (it drops, moves or adds to the reasoning); export with --format chatml to train "
+                         "on the text as written")
 
 
 def _from_text(text: str, tokenizer: Any, source: str, line: int) -> Example:
@@ -167,6 +183,13 @@ def _split_think(content: str) -> tuple[str, str]:
 
 def _pieces(reasoning: str, answer: str) -> tuple[tuple[str, str], ...]:
     return tuple((what, text) for what, text in (("reasoning", reasoning), ("answer", answer.strip())) if text)
+
+
+def _without_end_token(text: str, tokenizer: Any) -> str:
+    for end in (TURN_END, getattr(tokenizer, "eos_token", None)):
+        if end and text.endswith(end):
+            return text[:-len(end)]
+    return text
 
 
 def _content_end(text: str, tokenizer: Any, prompt_end: int) -> int:
