@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Install synthtrace into ./.venv with the embedded local model (and test tools with --test).
+# Install synthtrace into ./.venv with the embedded local model (and, with --test, the test tools and
+# the training stack: torch, transformers, trl, peft, datasets, accelerate).
 #
 # llama-cpp-python compiles from source (about 6 minutes on 2 cores). It is built once, portable
 # (no -march=native: that can crash on other CPUs), into a wheel cache outside the repo, so later
 # installs — and CI — reuse it in seconds. Override the cache with SYNTHTRACE_WHEEL_CACHE.
+#
+# torch: PyPI's default Linux wheel brings GBs of CUDA libraries. Without a GPU (no nvidia-smi) a CPU
+# build is asked for first — SYNTHTRACE_TORCH, default torch==2.13.0+cpu, found where pip is set up to
+# look for local wheels or a CPU index — and plain `torch` only if that cannot be had.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="local"
-[[ "${1:-}" == "--test" ]] && extras="local,test"
+[[ "${1:-}" == "--test" ]] && extras="local,test,train"
 wheels="${SYNTHTRACE_WHEEL_CACHE:-$HOME/.cache/synthtrace/wheels}"
 mkdir -p "$wheels"
 
@@ -35,6 +40,11 @@ if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
     touch "$wheels/.built-for-$tag"
   fi
   "${pip[@]}" install --find-links "$wheels" "llama-cpp-python>=0.3.7"
+fi
+if [[ "$extras" == *train* ]] && ! .venv/bin/python -c 'import torch' 2>/dev/null \
+    && ! command -v nvidia-smi >/dev/null 2>&1; then
+  "${pip[@]}" install "${SYNTHTRACE_TORCH:-torch==2.13.0+cpu}" \
+    || { echo "no CPU build of torch found; installing the default torch wheel" >&2; "${pip[@]}" install torch; }
 fi
 "${pip[@]}" install --find-links "$wheels" -e ".[$extras]"
 echo "installed: $(.venv/bin/synthtrace --version)" >&2

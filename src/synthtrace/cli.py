@@ -3,6 +3,7 @@
     synthtrace run RECIPE --input PATH --output DIR [common options] [recipe options]
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
+    synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
     synthtrace cache stats|prune …
 """
 
@@ -28,6 +29,7 @@ from rich.table import Table
 from synthtrace import __version__
 from synthtrace.config import Config, ConfigError, load_config, load_dotenv_file, resolve_model, with_cli_endpoint
 from synthtrace.export import FORMATS
+from synthtrace.train import LORA_TARGETS
 
 out = Console()
 err = Console(stderr=True)
@@ -42,7 +44,8 @@ def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Run directory."),
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="YAML config (default: ./synthtrace.yaml, ~/.config/synthtrace/config.yaml)."),
-        click.option("--model", "-m", help="Model alias, provider id, `local` or `local:/path/model.gguf`."),
+        click.option("--model", "-m", help="Model alias, provider id, `local`, `local:/path/model.gguf`, `hf:DIR` or "
+                                           "`hf:DIR+ADAPTER_DIR`."),
         click.option("--base-url", help="OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY)."),
         click.option("--concurrency", "-c", type=click.IntRange(1), help="Requests in flight per endpoint."),
         click.option("--rpm", type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget."),
@@ -202,7 +205,7 @@ def _run(recipe: Any, *, input_path: Path, output: Path, config_path: Path | Non
         _print_estimate(estimate(recipe, settings, config))
         return None
     if resolved.is_local:
-        _announce_local(resolved.model, explicit=model is not None)
+        _announce_local(resolved.model, explicit=model is not None, kind=resolved.endpoint.kind)
     result = _run_async(recipe, settings, config)
     _print_summary(result, settings)
     return result
@@ -239,9 +242,10 @@ def _config(config_path: Path | None, base_url: str | None) -> Config:
         raise click.UsageError(str(e)) from None
 
 
-def _announce_local(model: str, explicit: bool) -> None:
+def _announce_local(model: str, explicit: bool, kind: str = "local") -> None:
     if explicit:
-        err.print(f"[cyan]model:[/cyan] local llama.cpp ({escape(model)})", soft_wrap=True)
+        engine = "in-process transformers" if kind == "hf" else "local llama.cpp"
+        err.print(f"[cyan]model:[/cyan] {engine} ({escape(model)})", soft_wrap=True)
         return
     err.print(
         "[cyan]No model configured: using the embedded demo model (SmolLM2-135M-Instruct, llama.cpp, offline).[/cyan]\n"
@@ -437,6 +441,79 @@ def _print_export(result: Any) -> None:
     out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
     if result.val_path is not None:
         out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+@main.command("train")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training file from `synthtrace export sft` (qwen3, messages or chatml format).")
+@click.option("--base", required=True, help="Base model: a directory with weights and tokenizer (or a hub id).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Adapter, checkpoints and synthtrace-train.json go here; re-running resumes.")
+@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Validation file (e.g. NAME.val.jsonl): evaluation loss at every save and at the end.")
+@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (overrides --epochs).")
+@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Learning rate.")
+@click.option("--lora-r", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--lora-alpha", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lora-dropout", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--target-modules", default=",".join(LORA_TARGETS), show_default=True,
+              help="Comma-separated module names that get LoRA adapters.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1), help="Examples per device step.")
+@click.option("--grad-accum", default=8, show_default=True, type=click.IntRange(1), help="Gradient accumulation steps.")
+@click.option("--max-length", default=4096, show_default=True, type=click.IntRange(16),
+              help="Tokens per example; longer ones are cut (and counted in the summary).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--bf16", is_flag=True, help="Train in bfloat16 (needs a CUDA GPU that supports it); fp32 otherwise.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True,
+              help="Recompute activations in the backward pass: less memory, about a third slower.")
+@click.option("--logging-steps", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--save-steps", default=100, show_default=True, type=click.IntRange(1), help="Checkpoint every N steps.")
+@click.option("--save-total-limit", default=3, show_default=True, type=click.IntRange(1),
+              help="Checkpoints kept (older ones are deleted).")
+@click.option("--eval-steps", type=click.IntRange(1), help="Evaluate every N steps (default: --save-steps).")
+@click.option("--merge", is_flag=True, help="Also write the merged full weights + tokenizer to OUTPUT/merged (for vLLM).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the newest checkpoint in OUTPUT; --no-resume deletes them and starts over.")
+def train_command(data: Path, base: str, output: Path, eval_data: Path | None, target_modules: str,
+                  **options: Any) -> None:
+    """LoRA fine-tuning (TRL SFTTrainer + PEFT) on exported SFT data; loss on the assistant turn only."""
+    from synthtrace.train.lora import TrainError, TrainOptions, train
+    from synthtrace.train.sft import TrainDataError
+
+    modules = tuple(m.strip() for m in target_modules.split(",") if m.strip())
+    opts = TrainOptions(data=data, base=base, output=output, eval_data=eval_data, target_modules=modules, **options)
+    try:
+        result = train(opts)
+    except (TrainError, TrainDataError) as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: run the same command again to resume from the last checkpoint[/yellow]")
+        sys.exit(130)
+    _print_train(result)
+
+
+def _print_train(result: Any) -> None:
+    table = Table(title="train", show_header=False, title_justify="left")
+    table.add_row("device", f"{result.device} ({result.dtype})")
+    table.add_row("examples", f"{result.train_examples:,} training" + (f" · {result.eval_examples:,} evaluation"
+                                                                       if result.eval_examples else ""))
+    table.add_row("steps", f"{result.steps:,}" + (f" (resumed from {escape(result.resumed_from)})"
+                                                  if result.resumed_from else ""))
+    if result.losses:
+        (_, first), (_, last) = result.losses[0], result.losses[-1]
+        table.add_row("training loss", f"{first:.4f} → {last:.4f}")
+    if result.eval_loss is not None:
+        table.add_row("evaluation loss", f"{result.eval_loss:.4f}")
+    table.add_row("elapsed", f"{result.runtime_s:.1f} s")
+    out.print(table)
+    for w in result.warnings:
+        err.print(f"[yellow]warning: {escape(w)}[/yellow]", soft_wrap=True)
+    out.print(f"adapter: {escape(str(result.output))}", soft_wrap=True)
+    if result.merged is not None:
+        out.print(f"merged:  {escape(str(result.merged))}", soft_wrap=True)
 
 
 # -- cache ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Secrets never live here: an endpoint names the environment variable that holds i
 (`api_key_env`), and the key is read only when the client is built. A `.env` file in the working
 directory is honoured (it never overrides variables already set), as the earlier scripts' users expect.
 
-Model names resolve, in order: `local` / `local:PATH.gguf`; an alias under `models:`; a prefix
+Model names resolve, in order: `local` / `local:PATH.gguf`; `hf:DIR` / `hf:DIR+ADAPTER`; an alias under `models:`; a prefix
 `argo:ID`, `anthropic:ID`, `openai:ID`; the configured `default_endpoint`; `--base-url`.
 """
 
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["openai", "anthropic", "argo", "local"] = "openai"
+    kind: Literal["openai", "anthropic", "argo", "local", "hf"] = "openai"
     base_url: str | None = None
     api_key_env: str | None = None  # name of the environment variable holding the key
     user_env: str | None = None  # Argo: variable holding the user name (default ARGO_USER)
@@ -38,7 +38,7 @@ class Endpoint(BaseModel):
     rpm: float | None = None
     tpm: float | None = None
     headers: dict[str, str] = Field(default_factory=dict)  # non-secret extra headers
-    model_path: str | None = None  # local: a GGUF file
+    model_path: str | None = None  # local: a GGUF file; hf: DIR or DIR+ADAPTER_DIR
     n_ctx: int = 4096
 
 
@@ -90,7 +90,8 @@ class ResolvedModel:
 
     @property
     def is_local(self) -> bool:
-        return self.endpoint.kind == "local"
+        """In this process (llama.cpp or transformers): free, and seeded per sample."""
+        return self.endpoint.kind in ("local", "hf")
 
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
@@ -157,6 +158,12 @@ def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
         if path:
             ep = ep.model_copy(update={"model_path": path})
         return ResolvedModel(name, "local", ep, path or ep.model_path or "smollm2-135m-instruct", {})
+    if name.startswith("hf:"):
+        spec = name.partition(":")[2]
+        if not spec:
+            raise ConfigError("hf: needs a model directory: hf:DIR or hf:DIR+ADAPTER_DIR")
+        ep = (cfg.endpoints.get("hf") or Endpoint(kind="hf")).model_copy(update={"kind": "hf", "model_path": spec})
+        return ResolvedModel(name, name, ep, spec, {})  # one endpoint (and loaded model) per spec
     if name in cfg.models:
         alias = cfg.models[name]
         return ResolvedModel(name, alias.endpoint, cfg.endpoints[alias.endpoint], alias.model, dict(alias.params))

@@ -98,6 +98,12 @@ def build_client(name: str, resolved: ResolvedModel) -> Client:
         from synthtrace.llm.local import LocalClient  # imported lazily: llama.cpp is an optional extra
 
         return LocalClient(model_path=ep.model_path, n_ctx=ep.n_ctx, max_concurrency=ep.concurrency or 1)
+    if ep.kind == "hf":
+        from synthtrace.llm.hf import HFClient  # imported lazily: transformers is an optional extra
+
+        if not ep.model_path:
+            raise FatalError(f"endpoint {name!r}: kind hf needs model_path (DIR or DIR+ADAPTER_DIR)", run_level=True)
+        return HFClient(ep.model_path, name=name)
     if not ep.base_url:
         raise FatalError(f"endpoint {name!r} has no base_url", run_level=True)
     key = secret(ep.api_key_env)
