@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,26 @@ def test_hf_backend_answers_through_the_gateway(trained, data_dir, tmp_path):
     assert first.finish_reason in ("stop", "length") and first.cost_usd == 0 and not first.cached
     assert again.cached and again.text == first.text
     assert 0 < sampled.completion_tokens <= 8
+
+
+def test_retraining_into_the_same_directory_is_a_new_model_for_the_journal(trained, data_dir, tmp_path):
+    result, _ = trained
+    adapter = tmp_path / "adapter"
+    shutil.copytree(result.output, adapter, ignore=shutil.ignore_patterns("checkpoint-*"))
+    spec = f"hf:{data_dir / 'base'}+{adapter}"
+    messages = [{"role": "user", "content": example(1).user}]
+
+    async def ask():
+        journal = Journal(tmp_path / "journal.db")
+        gw = Gateway(Config(), journal)
+        try:
+            return await gw.chat(messages, model=spec, max_tokens=8, temperature=0)
+        finally:
+            await gw.aclose()
+            journal.close()
+
+    assert not arun(ask()).cached
+    assert arun(ask()).cached  # the same weights: the answer comes from the journal
+    weights = next(adapter.glob("adapter_model.*"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # saved again
+    assert not arun(ask()).cached  # new weights are asked anew, never answered from the old ones

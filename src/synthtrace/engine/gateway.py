@@ -12,6 +12,8 @@ bounded number of re-asks. Identical requests in flight at the same time are sen
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -139,6 +141,7 @@ class Gateway:
         self._endpoints: dict[str, _Endpoint] = {}
         self._pending: dict[str, asyncio.Future[tuple[ChatResult, float]]] = {}
         self._completion_avg: dict[str, float] = {}
+        self._model_ids: dict[tuple[str, str, str], str] = {}
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class Gateway:
     async def _call(self, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
                     spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, str, bool, int]:
         ep = self._endpoint(r)
-        model_id = f"{r.endpoint.kind}:{r.endpoint.base_url or ''}:{r.model}"
+        model_id = self._model_id(r)
         key = request_key(model_id, messages, params, spec.schema if spec else None, sample)
         entry = self.journal.get(key, since=self._replay_after)
         if entry is not None:
@@ -219,6 +222,18 @@ class Gateway:
             raise
         finally:
             del self._pending[key]
+
+    def _model_id(self, r: ResolvedModel) -> str:
+        """What the journal keys a model by: endpoint and model id; for weights on this machine (`local:`,
+        `hf:`) also their files' sizes and times, so retraining into the same directory is a new model."""
+        k = (r.endpoint.kind, r.endpoint.base_url or "", r.model)
+        mid = self._model_ids.get(k)
+        if mid is None:
+            mid = f"{k[0]}:{k[1]}:{k[2]}"
+            if r.is_local:
+                mid += weights_fingerprint(r.endpoint.model_path or "")
+            self._model_ids[k] = mid
+        return mid
 
     async def _send(self, ep: _Endpoint, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
                     spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, int]:
@@ -295,6 +310,22 @@ class Gateway:
         for ep in self._endpoints.values():
             await ep.client.aclose()
         self._endpoints.clear()
+
+
+def weights_fingerprint(spec: str) -> str:
+    """`@` + a short hash of the size and modification time of each weight file behind `spec` (a GGUF
+    file, a model directory, or `DIR+ADAPTER_DIR`), or "" when none is on disk (e.g. the default model)."""
+    from synthtrace.llm.hf import parse_spec
+
+    paths = [spec] if os.path.isfile(spec) else [p for p in parse_spec(spec) if p and os.path.isdir(p)]
+    stamps = []
+    for path in paths:
+        entries = [path] if os.path.isfile(path) else sorted(os.path.join(path, n) for n in os.listdir(path))
+        for f in entries:
+            if os.path.isfile(f):
+                st = os.stat(f)
+                stamps.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}")
+    return "@" + hashlib.sha256("|".join(stamps).encode()).hexdigest()[:12] if stamps else ""
 
 
 def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
