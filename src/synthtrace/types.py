@@ -12,6 +12,15 @@ from typing import Any
 Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
+def content_text(content: Any) -> str:
+    """A message's content as one string: OpenAI-style content parts joined (chat templates want text)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return "" if content is None else str(content)
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """One call as the client must send it (model already resolved to the provider's id)."""

@@ -72,10 +72,6 @@ class RunResult:
 PUBLISH_EVERY_S = 2.0
 
 
-class _Stop(Exception):
-    pass
-
-
 async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                      console: Console | None = None) -> RunResult:
     console = console or Console(stderr=True)

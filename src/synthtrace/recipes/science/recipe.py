@@ -103,8 +103,7 @@ class ScienceRecipe(Recipe):
         rejected: list[dict[str, Any]] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
-                if stops_run(outcome) or not isinstance(outcome, LLMError):
-                    raise outcome
+                _raise_unless_partial(outcome)
                 rejected.append({"trace_id": record.id, "reason": f"context analysis failed: {outcome}",
                                  "error": type(outcome).__name__})
                 continue
@@ -128,8 +127,7 @@ class ScienceRecipe(Recipe):
         for k, outcome in enumerate(outcomes):
             trace_id = f"{p['id']}/q{qi}/t{k}"
             if isinstance(outcome, BaseException):
-                if stops_run(outcome) or not isinstance(outcome, LLMError):
-                    raise outcome
+                _raise_unless_partial(outcome)
                 outcome = {"trace_id": trace_id, "reason": str(outcome), "error": type(outcome).__name__}
             if "reason" not in outcome:
                 outcome["provenance"]["shared_calls"] = shared + 1  # + the passage's question call
@@ -192,8 +190,7 @@ class ScienceRecipe(Recipe):
         scores, failures = [], []
         for judge, reply in zip(self.judges, replies):
             if isinstance(reply, BaseException):
-                if stops_run(reply) or not isinstance(reply, LLMError):
-                    raise reply
+                _raise_unless_partial(reply)
                 failures.append({"judge": judge or "default", "error": str(reply)})
             else:
                 scores.append({"judge": reply.model, **reply.parsed.model_dump()})
@@ -262,6 +259,13 @@ def split_trace(text: str) -> tuple[str, str] | None:
     a = _ANSWER.search(text, m.end())
     answer = a.group(1).strip() if a else text[m.end():].strip()
     return (thought, answer) if thought and answer else None
+
+
+def _raise_unless_partial(e: BaseException) -> None:
+    """A part of a passage may fail alone (an LLM error, kept as a rejection); a bug, the budget or a
+    refused key goes up to the runner."""
+    if stops_run(e) or not isinstance(e, LLMError):
+        raise e
 
 
 def _trace_problem(parsed: tuple[str, str] | None) -> str | None:
