@@ -186,7 +186,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 continue
             for row in rows:
                 row["provenance"] = _provenance(recipe, record, llm, row.get("provenance"))
-            store.write_rows(record.id, rows)
+            store.write_rows(rows)
             result.records_done += 1
             progress.advance()
             if settings.publish is not None and time.monotonic() >= publisher.due:

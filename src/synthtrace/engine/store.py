@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class IdIndex:
         self._db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")
         self._pending = 0
+        self.done_count = 0
 
     def _tick(self) -> None:
         self._pending += 1
@@ -44,11 +46,13 @@ class IdIndex:
             self._db.execute("BEGIN")
             self._pending = 0
 
-    def mark_done(self, record_id: str) -> None:
-        self._db.execute("INSERT OR IGNORE INTO done VALUES (?)", (record_id,))
-        self._tick()
+    def mark_done(self, record_ids: Iterable[str]) -> None:
+        self.done_count += self._db.executemany("INSERT OR IGNORE INTO done VALUES (?)",
+                                                ((rid,) for rid in record_ids)).rowcount
 
     def is_done(self, record_id: str) -> bool:
+        if not self.done_count:  # a fresh run: no query per record
+            return False
         return self._db.execute("SELECT 1 FROM done WHERE id = ?", (record_id,)).fetchone() is not None
 
     def first_seen(self, record_id: str, line: int) -> int | None:
@@ -93,16 +97,15 @@ class RunStore:
 
     def _index_finished(self) -> None:
         with open(self.rows_path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    row = orjson.loads(line)
-                    record_id = row["provenance"]["record_id"]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    self.unreadable_lines.append(n)
-                    continue
-                if not self.index.is_done(record_id):
-                    self.index.mark_done(record_id)
-                    self.resumed_records += 1
+            self.index.mark_done(self._finished_ids(f))
+        self.resumed_records = self.index.done_count
+
+    def _finished_ids(self, rows: Iterable[bytes]) -> Iterator[str]:
+        for n, line in enumerate(rows, 1):
+            try:
+                yield orjson.loads(line)["provenance"]["record_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.unreadable_lines.append(n)
 
     def _keep_rejections_of_done_records(self) -> None:
         """A rejection is not work done: records without rows are tried again (and re-rejected if they
@@ -124,15 +127,15 @@ class RunStore:
     def is_done(self, record_id: str) -> bool:
         return self.index.is_done(record_id)
 
-    def write_rows(self, record_id: str, rows: list[dict[str, Any]]) -> None:
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append all rows of one record: a record is in rows.jsonl whole or not at all.
 
         Records finishing in the same event-loop tick go out in one write (one syscall per tick, not
         per record). A record whose write a kill pre-empts is simply redone on resume, its calls
-        replayed from the journal.
+        replayed from the journal. (The index of done records is not updated: it answers for
+        earlier runs, and an id cannot come twice within one, since repeats are rejected.)
         """
         self._pending.append(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-        self.index.mark_done(record_id)
         self.rows_written += len(rows)
         if not self._flush_scheduled:
             try:
