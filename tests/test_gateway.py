@@ -18,7 +18,7 @@ import pytest
 from conftest import arun, prompts, read_jsonl
 from pydantic import BaseModel
 
-from synthtrace.config import Config, Endpoint, Limits
+from synthtrace.config import Config, Endpoint, Limits, ModelAlias
 from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.limiter import TokenBucket
@@ -345,7 +345,7 @@ def test_anthropic_structured_output_through_the_gateway(fp, tmp_path, monkeypat
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-test")
     cfg = Config(endpoints={"claude": Endpoint(kind="anthropic", base_url=fp.anthropic_base,
                                                api_key_env="FAKE_ANTHROPIC_KEY", timeout=2)},
-                 models={"judge": {"endpoint": "claude", "model": "claude-sonnet-4", "params": {"max_tokens": 300}}})
+                 models={"judge": ModelAlias(endpoint="claude", model="claude-sonnet-4", params={"max_tokens": 300})})
     fp.script("grade it", {"answer": 4, "why": "2+2"})
     reply = with_gateway(cfg, tmp_path / "j.db",
                          lambda gw: gw.chat([{"role": "system", "content": "grader"}, *msgs("grade it")],

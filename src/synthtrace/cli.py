@@ -22,17 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from synthtrace import __version__
 from synthtrace.config import Config, ConfigError, load_config, load_dotenv_file, resolve_model, with_cli_endpoint
+from synthtrace.console import LazyConsole, escape
 from synthtrace.export import FORMATS
 from synthtrace.train import LORA_TARGETS
 
-out = Console()
-err = Console(stderr=True)
+out = LazyConsole()
+err = LazyConsole(stderr=True)
+
+
+def _table(*args: Any, **kwargs: Any) -> Any:
+    """A rich Table (rich is imported when the first table is printed)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
 
 EXIT_BUDGET = 3
 
@@ -257,7 +262,7 @@ def _announce_local(model: str, explicit: bool, kind: str = "local") -> None:
 
 
 def _print_estimate(est: dict[str, Any]) -> None:
-    table = Table(title="dry run: nothing was sent", show_header=False)
+    table = _table(title="dry run: nothing was sent", show_header=False)
     for k in ("records", "bad_input", "calls", "prompt_tokens", "completion_tokens", "model", "provider_model"):
         table.add_row(k.replace("_", " "), f"{est[k]:,}" if isinstance(est[k], int) else str(est[k]))
     cost = f"${est['cost_usd']:.4f}" if est["priced"] else "unknown (no price for this model; add one under `prices:`)"
@@ -266,27 +271,40 @@ def _print_estimate(est: dict[str, Any]) -> None:
 
 
 def _print_summary(result: Any, settings: Any) -> None:
+    """The run's figures: a table on a terminal; plain `key: value` lines with --quiet (logs want no
+    box drawing, and a quiet run then never imports rich)."""
     st = result.stats
-    table = Table(title=f"run {result.status}", show_header=False, title_justify="left")
-    table.add_row("records done", f"{result.records_done:,}" + (f" (+{result.records_skipped:,} from earlier runs)"
-                                                                 if result.records_skipped else ""))
-    table.add_row("rejected", f"{result.records_rejected + result.bad_input:,}"
-                  + (f" ({result.bad_input} bad input lines)" if result.bad_input else ""))
+    figures = [("records done", f"{result.records_done:,}" + (f" (+{result.records_skipped:,} from earlier runs)"
+                                                              if result.records_skipped else "")),
+               ("rejected", f"{result.records_rejected + result.bad_input:,}"
+                + (f" ({result.bad_input} bad input lines)" if result.bad_input else ""))]
     if st:
-        table.add_row("calls", f"{st['calls']:,} sent · {st['replayed']:,} replayed from the journal · "
-                      f"{st['retries']} retries · {st['throttled']}×429")
-        table.add_row("tokens", f"{st['prompt_tokens']:,} prompt · {st['completion_tokens']:,} completion")
-        table.add_row("cost", f"${st['cost_usd']:.4f} this run · ${st['cost_usd_total']:.4f} in total")
-    table.add_row("elapsed", f"{result.elapsed_s:.1f} s")
-    for k, v in (result.recipe or {}).items():
-        table.add_row(k.replace("_", " "), escape(str(v)))
+        figures += [("calls", f"{st['calls']:,} sent · {st['replayed']:,} replayed from the journal · "
+                              f"{st['retries']} retries · {st['throttled']}×429"),
+                    ("tokens", f"{st['prompt_tokens']:,} prompt · {st['completion_tokens']:,} completion"),
+                    ("cost", f"${st['cost_usd']:.4f} this run · ${st['cost_usd_total']:.4f} in total")]
+    figures.append(("elapsed", f"{result.elapsed_s:.1f} s"))
+    figures += [(k.replace("_", " "), str(v)) for k, v in (result.recipe or {}).items()]
+    paths = []
+    if result.status != "invalid-input":
+        paths.append(("rows:    ", settings.output / "rows.jsonl"))
+        if result.records_rejected or result.bad_input:
+            paths.append(("rejected:", settings.output / "rejected.jsonl"))
+    if settings.quiet:
+        print(f"run {result.status}", *(f"  {k}: {v}" for k, v in figures), sep="\n", flush=True)
+        for m in result.messages:
+            print(m, file=sys.stderr, flush=True)
+        for label, path in paths:
+            print(label, path, flush=True)
+        return
+    table = _table(title=f"run {result.status}", show_header=False, title_justify="left")
+    for k, v in figures:
+        table.add_row(k, escape(v))
     out.print(table)
     for m in result.messages:
         err.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True)
-    if result.status != "invalid-input":
-        out.print(f"rows:     {escape(str(settings.output / 'rows.jsonl'))}", soft_wrap=True)
-        if result.records_rejected or result.bad_input:
-            out.print(f"rejected: {escape(str(settings.output / 'rejected.jsonl'))}", soft_wrap=True)
+    for label, path in paths:
+        out.print(f"{label} {escape(str(path))}", soft_wrap=True)
 
 
 # -- eval -----------------------------------------------------------------------------------------
@@ -337,7 +355,7 @@ def _print_eval(m: dict[str, Any], output: Path) -> None:
         return "-" if value is None else value if isinstance(value, str) else f"{value:.3f}"
 
     metrics = [*m["correction_metrics"], "aggregate"] if m["correction_metrics"] else []
-    table = Table(title="MEDEC: error detection and correction", title_justify="left",
+    table = _table(title="MEDEC: error detection and correction", title_justify="left",
                   caption="corrections: composite score (1 when both say NA, 0 when one does); "
                           f"published rows: approximate, MEDEC test set — {m['published']['source']}",
                   caption_justify="left")
@@ -414,7 +432,7 @@ def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float,
 
 
 def _print_export(result: Any) -> None:
-    table = Table(title="export sft", show_header=False, title_justify="left")
+    table = _table(title="export sft", show_header=False, title_justify="left")
     table.add_row("rows read", f"{result.rows_read:,}")
     for split, name in (("train", "train"), ("val", "validation")):
         if split == "val" and result.val_path is None:
@@ -496,7 +514,7 @@ def train_command(data: Path, base: str, output: Path, eval_data: Path | None, t
 
 
 def _print_train(result: Any) -> None:
-    table = Table(title="train", show_header=False, title_justify="left")
+    table = _table(title="train", show_header=False, title_justify="left")
     table.add_row("device", f"{result.device} ({result.dtype})")
     table.add_row("examples", f"{result.train_examples:,} training" + (f" · {result.eval_examples:,} evaluation"
                                                                        if result.eval_examples else ""))
@@ -535,7 +553,7 @@ def cache_stats(paths: tuple[Path, ...]) -> None:
 
     for path in paths:
         j = Journal(_journal_path(path))
-        table = Table(title=str(_journal_path(path)))
+        table = _table(title=str(_journal_path(path)))
         for col in ("endpoint", "model", "calls", "prompt tok", "completion tok", "cost $", "MB"):
             table.add_column(col, justify="right" if col not in ("endpoint", "model") else "left")
         for s in j.stats():

@@ -11,11 +11,9 @@ Model names resolve, in order: `local` / `local:PATH.gguf`; `hf:DIR` / `hf:DIR+A
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
 CONFIG_SEARCH = ("synthtrace.yaml", "synthtrace.yml", "~/.config/synthtrace/config.yaml")
@@ -25,8 +23,15 @@ class ConfigError(ValueError):
     """A configuration problem the user must fix; the message says where."""
 
 
-class Endpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Plain dataclasses, so that a run without a config file never imports pydantic (~50 ms of start-up);
+# a file is validated against these same classes by pydantic when it is read (see `load_config`).
+# `__pydantic_config__` is how pydantic takes settings for a standard-library dataclass.
+_STRICT_KEYS = {"extra": "forbid"}
+
+
+@dataclass
+class Endpoint:
+    __pydantic_config__ = _STRICT_KEYS
 
     kind: Literal["openai", "anthropic", "argo", "local", "hf"] = "openai"
     base_url: str | None = None
@@ -37,26 +42,29 @@ class Endpoint(BaseModel):
     concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
-    headers: dict[str, str] = Field(default_factory=dict)  # non-secret extra headers
+    headers: dict[str, str] = field(default_factory=dict)  # non-secret extra headers
     model_path: str | None = None  # local: a GGUF file; hf: DIR or DIR+ADAPTER_DIR
     n_ctx: int = 4096
 
 
-class ModelAlias(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class ModelAlias:
+    __pydantic_config__ = _STRICT_KEYS
 
     endpoint: str
     model: str  # the provider's id
-    params: dict[str, Any] = Field(default_factory=dict)  # default generation params
+    params: dict[str, Any] = field(default_factory=dict)  # default generation params
 
 
-class Price(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Price:
     input: float  # USD per 1M prompt tokens
     output: float  # USD per 1M completion tokens
 
 
-class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class Limits:
+    __pydantic_config__ = _STRICT_KEYS
 
     concurrency: int = 16
     rpm: float | None = None
@@ -65,16 +73,17 @@ class Limits(BaseModel):
     structured_reasks: int = 2
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class Config:
+    __pydantic_config__ = _STRICT_KEYS
 
     default_model: str | None = None
     default_endpoint: str | None = None
-    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
-    models: dict[str, ModelAlias] = Field(default_factory=dict)
-    prices: dict[str, Price] = Field(default_factory=dict)
-    limits: Limits = Field(default_factory=Limits)
-    recipes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    models: dict[str, ModelAlias] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None  # where it was read from (set by load_config)
 
 
@@ -118,8 +127,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             mark = getattr(e, "problem_mark", None)
             where = f"{p}:{mark.line + 1}" if mark else str(p)
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        from pydantic import TypeAdapter, ValidationError  # only when there is a file to check
+
         try:
-            cfg = Config.model_validate(data)
+            cfg = TypeAdapter(Config).validate_python(data)
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(x) for x in first["loc"])
@@ -138,7 +149,7 @@ def with_cli_endpoint(cfg: Config, base_url: str | None, api_key_env: str | None
         return cfg
     env = api_key_env or next((v for v in ("SYNTHTRACE_API_KEY", "OPENAI_API_KEY") if os.environ.get(v)), None)
     endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=base_url, api_key_env=env)}
-    return cfg.model_copy(update={"endpoints": endpoints, "default_endpoint": "cli"})
+    return replace(cfg, endpoints=endpoints, default_endpoint="cli")
 
 
 _BUILTIN = {
@@ -156,13 +167,13 @@ def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
         path = name.partition(":")[2] or None
         ep = cfg.endpoints.get("local") or Endpoint(kind="local")
         if path:
-            ep = ep.model_copy(update={"model_path": path})
+            ep = replace(ep, model_path=path)
         return ResolvedModel(name, "local", ep, path or ep.model_path or "smollm2-135m-instruct", {})
     if name.startswith("hf:"):
         spec = name.partition(":")[2]
         if not spec:
             raise ConfigError("hf: needs a model directory: hf:DIR or hf:DIR+ADAPTER_DIR")
-        ep = (cfg.endpoints.get("hf") or Endpoint(kind="hf")).model_copy(update={"kind": "hf", "model_path": spec})
+        ep = replace(cfg.endpoints.get("hf") or Endpoint(kind="hf"), kind="hf", model_path=spec)
         return ResolvedModel(name, name, ep, spec, {})  # one endpoint (and loaded model) per spec
     if name in cfg.models:
         alias = cfg.models[name]

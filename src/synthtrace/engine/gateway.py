@@ -17,9 +17,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config, ResolvedModel, resolve_model, secret
 from synthtrace.engine.cost import Budget, PriceTable
@@ -37,6 +35,9 @@ from synthtrace.types import (
     RetryableError,
     StructuredOutputError,
 )
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
+    from synthtrace.console import LazyConsole
+
 
 def stats_line(gateway: Gateway) -> str:
     st = gateway.stats
@@ -29,7 +31,7 @@ def stats_line(gateway: Gateway) -> str:
 
 
 class RunProgress:
-    def __init__(self, gateway: Gateway, total: int | None, quiet: bool, console: Console, label: str):
+    def __init__(self, gateway: Gateway, total: int | None, quiet: bool, console: LazyConsole, label: str):
         self.gateway = gateway
         self.total = total
         self.done = 0
@@ -45,7 +47,7 @@ class RunProgress:
         if self.quiet:
             self._logger = asyncio.get_running_loop().create_task(self._log_every(10.0))
         else:
-            self._progress = _progress_bar(self.gateway, self.console)
+            self._progress = _progress_bar(self.gateway, self.console.real)
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total)
         return self

@@ -19,11 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-
 from synthtrace import __version__
 from synthtrace.config import Config, resolve_model
+from synthtrace.console import LazyConsole, escape
 from synthtrace.engine.cost import Budget, PriceTable
 from synthtrace.engine.gateway import Gateway, RecordLLM
 from synthtrace.engine.inputs import BadInput, Record
@@ -73,8 +71,8 @@ PUBLISH_EVERY_S = 2.0
 
 
 async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
-                     console: Console | None = None) -> RunResult:
-    console = console or Console(stderr=True)
+                     console: LazyConsole | None = None) -> RunResult:
+    console = console or LazyConsole(stderr=True)
     store = RunStore(settings.output)
     if settings.strict:
         problems = _input_problems(recipe, settings.input)

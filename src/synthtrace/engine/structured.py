@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from synthtrace.types import ChatResult, Message
+
+if TYPE_CHECKING:  # a schema class comes from a caller that has imported pydantic; a run without one never does
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,16 +25,18 @@ class SchemaSpec:
 
     @classmethod
     def of(cls, schema: type[BaseModel] | dict[str, Any]) -> SchemaSpec:
-        if isinstance(schema, type) and issubclass(schema, BaseModel):
-            return _spec_cache.get(schema) or _spec_cache.setdefault(
-                schema, cls(schema.__name__, schema.model_json_schema(), schema))
-        return cls(str(schema.get("title") or "response"), schema, None)
+        if isinstance(schema, dict):
+            return cls(str(schema.get("title") or "response"), schema, None)
+        return _spec_cache.get(schema) or _spec_cache.setdefault(
+            schema, cls(schema.__name__, schema.model_json_schema(), schema))
 
     def parse(self, result: ChatResult) -> Any:
         """Validated value from a result; raises ValueError with a message fit to show the model."""
         data = result.structured if result.structured is not None else loads_tolerant(result.text)
         if self.model is None:
             return data
+        from pydantic import ValidationError
+
         try:
             return self.model.model_validate(data)
         except ValidationError as e:
