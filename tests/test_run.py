@@ -311,6 +311,21 @@ def test_max_usd_too_small_for_one_call(fp, cli, tmp_path, write_jsonl, config_f
     assert not read_jsonl(tmp_path / "run" / "rows.jsonl")
 
 
+def test_the_command_exits_with_its_status_and_all_its_output(fp, cli_subprocess, tmp_path, write_jsonl, config_file):
+    """As a shell sees it: the exit status and every line printed survive the exit that skips teardown."""
+    inp = write_jsonl(prompts(3))
+    done = cli_subprocess(*run_args(inp, tmp_path / "run", config_file()))
+    assert done.returncode == 0, done.stderr
+    assert "run complete" in done.stdout and "records done: 3" in done.stdout
+    assert done.stdout.rstrip().endswith(str(tmp_path / "run" / "rows.jsonl"))
+    cfg = config_file(prices={"fake": {"input": 1000.0, "output": 1000.0}})
+    over = cli_subprocess(*run_args(inp, tmp_path / "over", cfg, "--max-usd", 0.001))
+    assert over.returncode == 3, over.stderr
+    assert "run budget" in over.stdout and "stopped before the budget was passed" in over.stderr
+    usage = cli_subprocess("run", "completions", "-i", inp)
+    assert usage.returncode == 2 and "Missing option '--output'" in usage.stderr
+
+
 # --- secrets and the environment (subprocess) ----------------------------------------------------
 
 SECRET = "sk-test-SYNTHTRACE-do-not-leak-4f8a2c"

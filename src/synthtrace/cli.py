@@ -16,7 +16,10 @@ import gc
 gc.disable()
 
 import asyncio
+import atexit
+import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -589,5 +592,34 @@ def _parse_age(text: str) -> float:
         raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
 
 
+def entry_point() -> None:
+    """The `synthtrace` command: `main`, then an exit without the interpreter's teardown.
+
+    Tearing down frees every module and object one by one: 0.1–0.2 s on a 2-core machine once a run
+    has loaded asyncio, aiohttp and the rest — as long as a whole benchmark run's start-up. By now
+    every file synthtrace wrote is closed, so the exit flushes stdout and stderr, runs the atexit
+    handlers as a normal exit would, and ends the process. If another thread is still alive (a normal
+    exit would wait for it), it exits normally instead.
+    """
+    try:
+        main.main(prog_name="synthtrace")
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    if threading.active_count() > 1:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader that went away (e.g. `| head`)
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry_point()
