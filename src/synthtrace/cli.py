@@ -366,9 +366,9 @@ def _print_eval(m: dict[str, Any], output: Path) -> None:
 
     metrics = [*m["correction_metrics"], "aggregate"] if m["correction_metrics"] else []
     table = _table(title="MEDEC: error detection and correction", title_justify="left",
-                  caption="corrections: composite score (1 when both say NA, 0 when one does); "
-                          f"published rows: approximate, MEDEC test set — {m['published']['source']}",
-                  caption_justify="left")
+                   caption="corrections: composite score (1 when both say NA, 0 when one does); "
+                           f"published rows: approximate, MEDEC test set — {m['published']['source']}",
+                   caption_justify="left")
     for col in ("", "notes", "flag acc", "sentence acc", *(_METRIC_NAMES.get(k, k) for k in metrics), "unparseable"):
         table.add_column(col, justify="left" if not col else "right")
 
