@@ -2,11 +2,13 @@
 
     python bench/server_check.py [--requests 20000] [--concurrency 200] [--latency 0.05]
 
-Starts the fake provider pinned to CPU 0, hammers it from this process (aiohttp on uvloop, pinned to
-CPU 1) and reports the client's achieved rate and the server's capacity: requests answered per
-second of server CPU, i.e. what one core can serve. Scenario B needs about 4,000 req/s. The client
-is a bare aiohttp loop, so its rate and CPU per request are also the ceiling any aiohttp client,
-synthtrace included, can reach on this machine: read the scenarios' figures against it.
+Starts the fake provider pinned to CPU 0 and hammers it from this process (uvloop, pinned to CPU 1)
+twice: with a bare aiohttp client loop and with a bare loop over synthtrace's own connection pool
+(`synthtrace.llm.http`, the transport every remote call uses). Reports each client's achieved rate
+and CPU per request, and the server's capacity: requests answered per second of server CPU, i.e.
+what one core can serve. Scenario B needs about 4,000 req/s. The bare loops are also a measure of
+the machine: synthtrace's figures in the scenarios are the pool loop's plus the engine's own work
+(bench/engine_overhead.py), and the aiohttp loop shows what an aiohttp-based client would start from.
 """
 
 from __future__ import annotations
@@ -21,69 +23,94 @@ import aiohttp
 import orjson
 from fake_server import FakeServerProcess
 
+from synthtrace.llm.http import ConnectionPool
+
 NEEDED_RPS = 4000.0  # scenario B: concurrency 200 / latency 0.05 s
 
 
-async def _load(url: str, requests: int, concurrency: int) -> tuple[int, float, float]:
+async def _load(url: str, requests: int, concurrency: int, client: str) -> tuple[int, float, float]:
     """Send `requests` chat completions with `concurrency` workers; (answers verified, seconds, client CPU s)."""
     queue = iter(range(requests))
     good = 0
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker() -> None:
-            nonlocal good
-            for i in queue:
-                prompt = f"check {i}"
-                payload = orjson.dumps({"model": "fake", "messages": [{"role": "user", "content": prompt}]})
-                async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
-                    data = orjson.loads(await resp.read())
-                good += data["choices"][0]["message"]["content"] == "echo: " + prompt
+    if client == "aiohttp":
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return good, time.perf_counter() - started, time.process_time() - cpu_started
+        async def post(payload: bytes) -> bytes:
+            async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
+                return await resp.read()
+        close = session.close
+    else:
+        pool = ConnectionPool({"Content-Type": "application/json"})
+
+        async def post(payload: bytes) -> bytes:
+            return (await pool.request("POST", url, payload)).body
+        close = pool.aclose
+
+    async def worker() -> None:
+        nonlocal good
+        for i in queue:
+            prompt = f"check {i}"
+            payload = orjson.dumps({"model": "fake", "messages": [{"role": "user", "content": prompt}]})
+            data = orjson.loads(await post(payload))
+            good += data["choices"][0]["message"]["content"] == "echo: " + prompt
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    await close()
+    return good, seconds, cpu
 
 
 def run_check(requests: int = 20000, concurrency: int = 200, latency: float = 0.05,
               pin: bool = True) -> dict[str, Any]:
-    """Measure the server; returns the figures (also used by run_bench.py)."""
+    """Measure the server and both bare client loops; returns the figures (also used by run_bench.py)."""
     two_cpus = pin and (os.cpu_count() or 1) >= 2
+    clients: dict[str, dict[str, Any]] = {}
     with FakeServerProcess(latency=latency, cpu=0 if two_cpus else None) as server:
         if two_cpus and hasattr(os, "sched_setaffinity"):
             before_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, {1})
         cpu_before = server.cpu_seconds()
-        try:
-            import uvloop
-            good, seconds, client_cpu = uvloop.run(_load(server.url + "/v1/chat/completions", requests, concurrency))
-        except ImportError:
-            good, seconds, client_cpu = asyncio.run(_load(server.url + "/v1/chat/completions", requests, concurrency))
+        url = server.url + "/v1/chat/completions"
+        for client in ("aiohttp", "synthtrace"):
+            good, seconds, client_cpu = _run(_load(url, requests, concurrency, client))
+            clients[client] = {"verified": good, "wall_s": round(seconds, 3),
+                               "achieved_rps": round(requests / seconds, 1),
+                               "cpu_s_per_1000": round(client_cpu / requests * 1000, 4)}
         cpu_after = server.cpu_seconds()
         if two_cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, before_affinity)
     server_cpu = (cpu_after - cpu_before) if cpu_before is not None and cpu_after is not None else None
-    capacity = requests / server_cpu if server_cpu else None
+    capacity = 2 * requests / server_cpu if server_cpu else None
     return {
         "requests": requests, "concurrency": concurrency, "latency_s": latency,
-        "verified": good, "wall_s": round(seconds, 3), "achieved_rps": round(requests / seconds, 1),
-        # the bare aiohttp loop is the floor any aiohttp client pays: a measure of this machine's speed
-        "client_cpu_s_per_1000": round(client_cpu / requests * 1000, 4),
         "ideal_rps": concurrency / latency if latency else None,
+        # the bare loops are a measure of this machine's speed; synthtrace's transport is its floor
+        "bare_clients": clients,
         "server_cpu_s": round(server_cpu, 3) if server_cpu is not None else None,
         "server_capacity_rps_per_core": round(capacity, 1) if capacity else None,
         "server_core_share_at_4000_rps": round(NEEDED_RPS / capacity, 3) if capacity else None,
-        "ok": bool(capacity and capacity >= NEEDED_RPS and good == requests),
+        "ok": bool(capacity and capacity >= NEEDED_RPS and all(c["verified"] == requests for c in clients.values())),
         "server_stats": server.stats,
     }
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def describe(result: dict[str, Any]) -> str:
     capacity = result["server_capacity_rps_per_core"]
     share = result["server_core_share_at_4000_rps"]
-    return (f"server check: {result['requests']} requests at concurrency {result['concurrency']}, "
-            f"latency {result['latency_s']} s: bare aiohttp client achieved {result['achieved_rps']:.0f} req/s "
-            f"(ideal {result['ideal_rps'] or 0:.0f}) at {result['client_cpu_s_per_1000']:.3f} CPU s per 1,000 "
-            f"requests, {result['verified']} answers verified; "
+    loops = "; ".join(
+        f"bare {name} loop {c['achieved_rps']:.0f} req/s at {c['cpu_s_per_1000']:.3f} CPU s per 1,000 "
+        f"({c['verified']} verified)" for name, c in result["bare_clients"].items())
+    return (f"server check: {result['requests']} requests x 2 at concurrency {result['concurrency']}, "
+            f"latency {result['latency_s']} s (ideal {result['ideal_rps'] or 0:.0f} req/s): {loops}; "
             f"server used {result['server_cpu_s']} CPU s -> capacity {capacity or 0:.0f} req/s per core "
             f"({(share or 0) * 100:.0f}% of a core at {NEEDED_RPS:.0f} req/s) "
             f"[{'OK' if result['ok'] else 'TOO SLOW'}]")

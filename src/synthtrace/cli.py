@@ -603,7 +603,7 @@ def entry_point() -> None:
     """The `synthtrace` command: `main`, then an exit without the interpreter's teardown.
 
     Tearing down frees every module and object one by one: 0.1–0.2 s on a 2-core machine once a run
-    has loaded asyncio, aiohttp and the rest — as long as a whole benchmark run's start-up. By now
+    has loaded asyncio, sqlite3 and the rest — about as long as a whole run's start-up. By now
     every file synthtrace wrote is closed, so the exit flushes stdout and stderr, runs the atexit
     handlers as a normal exit would, and ends the process. If another thread is still alive (a normal
     exit would wait for it), it exits normally instead.

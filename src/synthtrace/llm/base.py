@@ -1,20 +1,20 @@
 """The client contract and the one lean HTTP stack that the remote clients share.
 
 A client turns a `ChatRequest` into a `ChatResult` or raises one of the errors in `types`. It knows
-nothing of rows, caches or limits: the gateway wraps it. Remote clients post JSON with aiohttp and
-parse with orjson; that pair costs a fraction of the CPU an SDK spends per request.
+nothing of rows, caches or limits: the gateway wraps it. Remote clients post JSON through the lean
+pooled client in `llm.http` and parse with orjson; that pair costs a small fraction of the CPU an
+SDK (or even a bare aiohttp loop) spends per request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from synthtrace.llm.http import ConnectError, ConnectionPool, HTTPError, Timeout
 from synthtrace.types import ChatRequest, ChatResult, FatalError, RateLimited, RetryableError
 
 
@@ -66,7 +66,7 @@ def provider_message(body: bytes, limit: int = 500) -> str:
 
 
 class HTTPClient:
-    """Shared plumbing: one pooled aiohttp session, status-code triage, JSON body decoding."""
+    """Shared plumbing: one connection pool, status-code triage, JSON body decoding."""
 
     name = "http"
     native_schema = False
@@ -76,35 +76,32 @@ class HTTPClient:
                  connect_timeout: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", **(headers or {})}
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # limit=0: the gateway's limiter bounds concurrency; a second cap here would only hide it.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers,
-                json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True,
-            )
-        return self._session
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._pool: ConnectionPool | None = None
 
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         """POST `payload`; return the decoded JSON body, or raise the error that fits the failure."""
-        session = self._get_session()
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = ConnectionPool(self._headers, self._timeout, self._connect_timeout)
         try:
-            async with session.post(url, data=orjson.dumps(payload), headers=headers) as resp:
-                body = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-        except asyncio.TimeoutError as e:
-            raise RetryableError(f"{self.name}: request timed out") from e
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+            resp = await pool.request("POST", url, orjson.dumps(payload), headers)
+        except Timeout as e:
+            raise RetryableError(f"{self.name}: request timed out ({e})") from e
+        except ConnectError as e:
+            raise RetryableError(f"{self.name}: connection failed: {e}") from e
+        except HTTPError as e:
             raise RetryableError(f"{self.name}: connection failed: {e.__class__.__name__}: {e}") from e
+        status, body = resp.status, resp.body
         if status == 429:
-            raise RateLimited(f"{self.name}: 429 rate limited: {provider_message(body)}", parse_retry_after(retry_after))
+            raise RateLimited(f"{self.name}: 429 rate limited: {provider_message(body)}",
+                              parse_retry_after(resp.headers.get("retry-after")))
         if status >= 500 or status == 408:
             raise RetryableError(f"{self.name}: HTTP {status}: {provider_message(body)}")
+        if 300 <= status < 400:  # an API that redirects a POST is misconfigured: say where it points
+            raise FatalError(f"{self.name}: HTTP {status} redirect to {resp.headers.get('location', '?')} "
+                             f"(set the endpoint's base_url to the final address)", status)
         if status >= 400:
             raise FatalError(f"{self.name}: HTTP {status}: {provider_message(body)}", status)
         try:
@@ -113,9 +110,9 @@ class HTTPClient:
             raise RetryableError(f"{self.name}: malformed JSON body ({len(body)} bytes): {e}") from e
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._pool = None
 
 
 def malformed(name: str, what: str) -> RetryableError:

@@ -1,0 +1,297 @@
+"""The lean HTTP client (`synthtrace.llm.http`) against a byte-level HTTP server on 127.0.0.1.
+
+The fake provider speaks well-formed HTTP; the server here writes whatever bytes a test scripts, so
+the edges real servers show can be checked: chunked and compressed bodies, bodies ended by a close,
+interim 1xx answers, hang-ups before and during an answer, garbage, silence, and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import shutil
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import arun
+
+from synthtrace.llm.base import HTTPClient
+from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, Timeout
+from synthtrace.types import FatalError, RetryableError
+
+# answer(n, head, body, writer) writes the n-th request's answer; returns False to hang up afterwards
+Answer = Callable[[int, bytes, bytes, asyncio.StreamWriter], Awaitable[bool | None]]
+
+
+def ok(body: bytes, *headers: bytes, status: bytes = b"200 OK") -> bytes:
+    extra = b"".join(h + b"\r\n" for h in headers)
+    return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        status, extra, len(body), body)
+
+
+class RawServer:
+    """Reads HTTP/1.1 requests with a Content-Length body and lets `answer` write raw bytes back."""
+
+    def __init__(self, answer: Answer, ssl_context: ssl.SSLContext | None = None):
+        self.answer = answer
+        self.ssl_context = ssl_context
+        self.connections = 0  # connections accepted
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.hangups = 0  # connections the client closed (we saw EOF while waiting for a request)
+        self.release = asyncio.Event()  # answers that wait for the test wait on this
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.close()
+        await self.server.wait_closed()
+
+    def url(self, path: str = "/v1/chat/completions", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.hangups += 1
+                    return
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length.group(1)) if length else 0)
+                self.requests.append((head, body))
+                keep = await self.answer(len(self.requests), head, body, writer)
+                await writer.drain()
+                if keep is False:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.hangups += 1
+        finally:
+            writer.close()
+
+
+def serve(*answers: bytes, close_after: bool = False) -> Answer:
+    """Answer request n with answers[n-1] (the last one repeats)."""
+    async def answer(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answers[min(n, len(answers)) - 1])
+        return not close_after
+    return answer
+
+
+async def until(condition: Callable[[], bool], turns: int = 200) -> None:
+    """Let the event loop run until `condition` holds (no wall-clock waiting)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def test_keep_alive_connections_are_reused_and_concurrency_opens_no_more_than_needed() -> None:
+    async def go() -> None:
+        async with RawServer(serve(ok(b'{"n": 1}'))) as srv:
+            pool = ConnectionPool()
+            for _ in range(20):
+                assert (await pool.request("POST", srv.url(), b"{}")).body == b'{"n": 1}'
+            assert srv.connections == 1
+            answers = await asyncio.gather(*(pool.request("POST", srv.url(), b"{}") for _ in range(8)))
+            assert {a.status for a in answers} == {200} and srv.connections <= 8
+            opened = srv.connections
+            await asyncio.gather(*(pool.request("POST", srv.url(), b"{}") for _ in range(8)))
+            assert srv.connections == opened  # the second wave rode the first wave's connections
+            await pool.aclose()
+            await until(lambda: srv.hangups == srv.connections)
+    arun(go())
+
+
+def test_request_on_the_wire_host_length_and_headers() -> None:
+    async def go() -> None:
+        async with RawServer(serve(ok(b"{}"))) as srv:
+            pool = ConnectionPool({"Authorization": "Bearer k", "Content-Type": "application/json"})
+            await pool.request("POST", srv.url("/v1/x?api-version=2"), b'{"a": "\xc3\xa9"}', {"X-Extra": "1"})
+            head, body = srv.requests[0]
+            lines = head.decode().split("\r\n")
+            assert lines[0] == "POST /v1/x?api-version=2 HTTP/1.1"
+            fields = {k.lower(): v for k, _, v in (ln.partition(": ") for ln in lines[1:] if ln)}
+            assert fields["host"] == f"127.0.0.1:{srv.port}"
+            assert fields["content-length"] == str(len(body)) and body == b'{"a": "\xc3\xa9"}'
+            assert fields["authorization"] == "Bearer k" and fields["x-extra"] == "1"
+            assert fields["content-type"] == "application/json"
+            await pool.aclose()
+    arun(go())
+
+
+def test_chunked_gzip_and_close_delimited_bodies_arrive_whole() -> None:
+    payload = orjson.dumps({"text": "é" * 3000})
+    packed = gzip.compress(payload)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(payload[i:i + 700]), payload[i:i + 700]) for i in range(0, len(payload), 700)
+    ) + b"0\r\n\r\n"
+
+    async def go() -> None:
+        async with RawServer(serve(chunked, ok(packed, b"Content-Encoding: gzip"))) as srv:
+            pool = ConnectionPool()
+            assert (await pool.request("POST", srv.url(), b"{}")).body == payload
+            assert (await pool.request("POST", srv.url(), b"{}")).body == payload
+            assert srv.connections == 1
+            await pool.aclose()
+        # no length, not chunked: the body runs to the close
+        async with RawServer(serve(b"HTTP/1.1 200 OK\r\n\r\n" + payload, close_after=True)) as srv:
+            pool = ConnectionPool()
+            assert (await pool.request("POST", srv.url(), b"{}")).body == payload
+            assert (await pool.request("POST", srv.url(), b"{}")).body == payload
+            assert srv.connections == 2
+            await pool.aclose()
+    arun(go())
+
+
+def test_interim_100_continue_is_skipped() -> None:
+    async def go() -> None:
+        async with RawServer(serve(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b'{"ok": true}'))) as srv:
+            pool = ConnectionPool()
+            resp = await pool.request("POST", srv.url(), b"{}")
+            assert (resp.status, resp.body) == (200, b'{"ok": true}')
+            await pool.aclose()
+    arun(go())
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def go() -> None:
+        async with RawServer(serve(ok(b"{}"), close_after=True)) as srv:
+            pool = ConnectionPool()
+            await pool.request("POST", srv.url(), b"{}")
+            await until(lambda: pool.open_connections == 0)  # the client noticed the hang-up
+            assert (await pool.request("POST", srv.url(), b"{}")).status == 200
+            assert srv.connections == 2
+            await pool.aclose()
+    arun(go())
+
+
+def test_idle_connections_expire_and_keep_alive_timeout_shortens_it() -> None:
+    async def go() -> None:
+        async with RawServer(serve(ok(b"{}"))) as srv:
+            pool = ConnectionPool(keepalive_expiry=0.0)
+            for _ in range(3):
+                await pool.request("POST", srv.url(), b"{}")
+            assert srv.connections == 3
+            await pool.aclose()
+        async with RawServer(serve(ok(b"{}", b"Keep-Alive: timeout=1"))) as srv:  # 1 s less a margin: 0
+            pool = ConnectionPool()
+            for _ in range(3):
+                await pool.request("POST", srv.url(), b"{}")
+            assert srv.connections == 3
+            await pool.aclose()
+    arun(go())
+
+
+@pytest.mark.parametrize("answer, error, words", [
+    (b"", ConnectionLost, "before an answer"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"cut", ConnectionLost, "after the headers"),
+    (b"SMTP ready\r\n\r\n", BadResponse, "unparseable"),
+    (ok(b"not gzip", b"Content-Encoding: gzip"), BadResponse, "gzip"),
+])
+def test_broken_answers_raise_and_the_connection_is_not_reused(answer: bytes, error: type, words: str) -> None:
+    async def go() -> None:
+        async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+            writer.write(answer if n == 1 else ok(b"{}"))
+            return n != 1  # hang up after the broken answer
+        async with RawServer(script) as srv:
+            pool = ConnectionPool()
+            with pytest.raises(error, match=words):
+                await pool.request("POST", srv.url(), b"{}")
+            assert (await pool.request("POST", srv.url(), b"{}")).status == 200
+            assert srv.connections == 2
+            await pool.aclose()
+    arun(go())
+
+
+def test_silence_times_out_and_cancellation_drops_the_connection() -> None:
+    async def go() -> None:
+        async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+            if n <= 2:
+                await srv.release.wait()  # never released while the test runs
+            writer.write(ok(b"{}"))
+            return True
+        async with RawServer(script) as srv:
+            pool = ConnectionPool(timeout=0.1)
+            with pytest.raises(Timeout, match="0.1 s"):
+                await pool.request("POST", srv.url(), b"{}")
+            task = asyncio.ensure_future(pool.request("POST", srv.url(), b"{}", timeout=60))
+            await until(lambda: len(srv.requests) == 2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.open_connections == 0
+            assert (await pool.request("POST", srv.url(), b"{}")).status == 200
+            assert srv.connections == 3  # neither the timed-out nor the cancelled connection was reused
+            await pool.aclose()
+    arun(go())
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    async def go() -> None:
+        async with RawServer(serve(ok(b"{}"))) as srv:
+            url = srv.url()
+        pool = ConnectionPool()
+        with pytest.raises(ConnectError, match="cannot connect to 127.0.0.1"):
+            await pool.request("POST", url, b"{}")
+        await pool.aclose()
+    arun(go())
+
+
+def test_http_client_maps_redirects_and_transport_failures_to_engine_errors() -> None:
+    async def go() -> None:
+        moved = ok(b"", b"Location: https://api.example.test/v1/chat/completions", status=b"308 Permanent Redirect")
+
+        async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+            writer.write(moved if n == 1 else b"")
+            return n == 1  # the second request gets a hang-up and no answer
+
+        async with RawServer(script) as srv:
+            client = HTTPClient(f"http://127.0.0.1:{srv.port}/v1", timeout=10)
+            with pytest.raises(FatalError, match="308 redirect to https://api.example.test"):
+                await client.post_json(srv.url(), {"a": 1})
+            with pytest.raises(RetryableError, match="connection failed"):
+                await client.post_json(srv.url(), {"a": 1})
+            await client.aclose()
+    arun(go())
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+def test_tls_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> None:
+    key, cert = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    async def go() -> None:
+        async with RawServer(serve(ok(b'{"secure": true}')), ssl_context=server_context) as srv:
+            trusting = ConnectionPool(ssl_context=ssl.create_default_context(cafile=str(cert)))
+            resp = await trusting.request("POST", srv.url(scheme="https"), b"{}")
+            assert resp.body == b'{"secure": true}'
+            await trusting.aclose()
+            default = ConnectionPool()  # the system's trust store does not know this certificate
+            with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await default.request("POST", srv.url(scheme="https"), b"{}")
+            await default.aclose()
+            assert len(srv.requests) == 1
+    arun(go())
