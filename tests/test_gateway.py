@@ -23,7 +23,7 @@ from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.limiter import TokenBucket
 from synthtrace.testing import FakeProvider, Fault
-from synthtrace.types import FatalError, StructuredOutputError
+from synthtrace.types import ChatResult, FatalError, StructuredOutputError
 
 
 def gw_config(fp: FakeProvider, *, timeout: float = 2.0, max_retries: int = 3, **limits: Any) -> Config:
@@ -167,6 +167,26 @@ def test_second_gateway_replays_from_the_journal(fp, tmp_path):
     assert [r.text for r in second] == [r.text for r in first]
     assert [r.key for r in second] == [r.key for r in first]
     assert all(r.cached for r in second)
+
+
+def test_a_long_run_keeps_the_journal_wal_bounded_and_every_answer_readable(tmp_path):
+    # Commits run on the journal's writer thread; SQLite's checkpoints (which run inside them) must
+    # still fold the WAL back into the database as answers keep arriving.
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    text = "answer " * 400  # ~2.8 KB per answer: ~11 MB in all
+    keys = [f"{i:032x}" for i in range(4000)]
+    async def go() -> None:
+        for key in keys:  # one answer per commit: the most commits, the most WAL frames
+            await journal.record(key, "ep", "m", ChatResult(text=text + key), 0.0)
+    arun(go())
+    wal = Path(str(path) + "-wal")
+    written = len(keys) * len(text)
+    assert wal.stat().st_size < written / 2, (wal.stat().st_size, written)
+    journal.close()
+    again = Journal(path)
+    assert all(again.get(key).result.text == text + key for key in keys[::97])
+    again.close()
 
 
 def test_fresh_gateway_asks_again(fp, tmp_path):

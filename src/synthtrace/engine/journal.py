@@ -6,9 +6,13 @@ from here and pays nothing; `kill -9` loses at most the calls that were still in
 synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
 
-`record` is group commit: answers that arrive in the same event-loop tick share one transaction
-(a commit per answer cost 40 µs, most of the engine's own CPU at thousands of requests a second),
-and each caller resumes only after the transaction holding its answer has committed.
+`record` is group commit on a writer thread: answers that arrive while the previous transaction
+is being written share the next one, and each caller resumes only after the transaction holding its
+answer has committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per
+answer, and every thousand pages SQLite checkpoints the WAL inside a commit (copying pages and two
+fsyncs), which on the loop stalled every request in flight — as long again as the commits
+themselves. The writer has a connection of its own; reads stay on the loop's connection (WAL lets
+them run beside a write).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import hashlib
 import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,21 +61,27 @@ class KeyFilter:
     in a run are misses, and this answers them without touching SQLite. Keys are hex digests already,
     so their slices serve as the hash functions."""
 
-    BITS = 1 << 24
+    BITS = 1 << 24  # positions are 24-bit slices of the key
 
     def __init__(self) -> None:
         self._bits = bytearray(self.BITS // 8)
 
-    def _positions(self, key: str) -> tuple[int, int, int]:
-        mask = self.BITS - 1
-        return int(key[0:8], 16) & mask, int(key[8:16], 16) & mask, int(key[16:24], 16) & mask
-
     def add(self, key: str) -> None:
-        for p in self._positions(key):
-            self._bits[p >> 3] |= 1 << (p & 7)
+        v, bits = int(key[:24], 16), self._bits
+        for p in (v & 0xFFFFFF, (v >> 32) & 0xFFFFFF, (v >> 64) & 0xFFFFFF):
+            bits[p >> 3] |= 1 << (p & 7)
 
     def __contains__(self, key: str) -> bool:
-        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+        # three 24-bit slices of the key's first 96 bits; most lookups miss at the first
+        v, bits = int(key[:24], 16), self._bits
+        p = v & 0xFFFFFF
+        if not bits[p >> 3] >> (p & 7) & 1:
+            return False
+        p = (v >> 32) & 0xFFFFFF
+        if not bits[p >> 3] >> (p & 7) & 1:
+            return False
+        p = (v >> 64) & 0xFFFFFF
+        return bool(bits[p >> 3] >> (p & 7) & 1)
 
 
 @dataclass(slots=True)
@@ -83,16 +94,23 @@ class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = self._connect()
         self._db.executescript(_SCHEMA)
         self._batch: list[tuple[Any, ...]] = []
         self._batch_done: asyncio.Future[None] | None = None
+        self._writing = False  # a batch is on the writer thread
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_db: sqlite3.Connection | None = None  # opened, used and closed on the writer thread
         self._filter = KeyFilter()
         for (key,) in self._db.execute("SELECT key FROM calls"):
             self._filter.add(key)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=NORMAL")  # before the switch to WAL: creating the file syncs less
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     def get(self, key: str, since: float | None = None) -> JournalEntry | None:
         """The recorded answer for `key` (only one recorded at or after `since`, when given)."""
@@ -115,25 +133,57 @@ class Journal:
     async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
         """Record a response; returns once the transaction holding it has committed."""
         self._batch.append(self._row(key, endpoint, model, result, cost_usd))
-        if self._batch_done is None:
+        done = self._batch_done
+        if done is None:
             loop = asyncio.get_running_loop()
-            self._batch_done = loop.create_future()
-            loop.call_soon(self._commit_batch)
-        await asyncio.shield(self._batch_done)
+            done = self._batch_done = loop.create_future()
+            if not self._writing:  # gather this tick's answers, then write them
+                loop.call_soon(self._write_batch)
+        await asyncio.shield(done)
 
-    def _commit_batch(self) -> None:
+    def _write_batch(self) -> None:
+        """Hand the waiting answers to the writer thread (on the loop; the writer is idle)."""
         batch, done = self._batch, self._batch_done
-        self._batch, self._batch_done = [], None
-        assert done is not None
-        try:
-            with self._db:  # one transaction
-                self._db.execute("BEGIN")
-                self._db.executemany(_INSERT, batch)
-        except BaseException as e:
-            done.set_exception(e)
-            done.exception()
+        if not batch or done is None:
             return
-        done.set_result(None)
+        self._batch, self._batch_done = [], None
+        self._writing = True
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="synthtrace-journal")
+        loop = done.get_loop()
+        self._writer.submit(self._commit, batch).add_done_callback(
+            lambda written: loop.call_soon_threadsafe(self._written, written, done))
+
+    def _commit(self, batch: list[tuple[Any, ...]]) -> None:
+        """One transaction (on the writer thread)."""
+        if self._writer_db is None:
+            self._writer_db = self._connect()
+        with self._writer_db:
+            self._writer_db.execute("BEGIN")
+            self._writer_db.executemany(_INSERT, batch)
+
+    def _written(self, written: Future[None], done: asyncio.Future[None]) -> None:
+        """Back on the loop: wake the batch's callers, and send the answers that came in meanwhile."""
+        self._writing = False
+        error = written.exception()
+        if error is not None:
+            done.set_exception(error)
+            done.exception()  # retrieved: each caller raises it through its shield
+        else:
+            done.set_result(None)
+        self._write_batch()
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.submit(self._close_writer_db)
+        self._writer.shutdown(wait=True)
+        self._writer = None
+
+    def _close_writer_db(self) -> None:
+        if self._writer_db is not None:
+            self._writer_db.close()
+            self._writer_db = None
 
     def total_cost(self) -> float:
         return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()[0]
@@ -162,6 +212,7 @@ class Journal:
 
     def close(self) -> None:
         try:
+            self._stop_writer()
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             self._db.close()

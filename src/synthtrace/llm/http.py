@@ -217,6 +217,17 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
 
 
+def _ip_literal(host: str, port: int) -> list[tuple] | None:
+    """The address itself when `host` is an IP literal: no lookup (nor resolver thread) needed."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    return None
+
+
 def _retrieve(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
@@ -338,6 +349,9 @@ class ConnectionPool:
     async def _resolve(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple]:
         """Addresses for host:port, looked up once per DNS_TTL_S however many connections open at once."""
         key = (host, port)
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            return literal
         cached = self._dns.get(key)
         if cached is None or time.monotonic() - cached[0] > DNS_TTL_S:
             lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
