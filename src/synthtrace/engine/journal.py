@@ -91,7 +91,8 @@ class JournalEntry:
 
 
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, replay_earlier: bool = True):
+        """`replay_earlier=False` (a --fresh run) skips reading earlier keys: none of them will be replayed."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
@@ -102,8 +103,9 @@ class Journal:
         self._writer: ThreadPoolExecutor | None = None
         self._writer_db: sqlite3.Connection | None = None  # opened, used and closed on the writer thread
         self._filter = KeyFilter()
-        for (key,) in self._db.execute("SELECT key FROM calls"):
-            self._filter.add(key)
+        if replay_earlier:  # a million keys take a second or two to read
+            for (key,) in self._db.execute("SELECT key FROM calls"):
+                self._filter.add(key)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

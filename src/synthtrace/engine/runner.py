@@ -82,7 +82,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             return RunResult("invalid-input", bad_input=len(problems),
                              messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
     store.open(fresh=settings.fresh)
-    journal = Journal(settings.journal or store.journal_path)
+    journal = Journal(settings.journal or store.journal_path, replay_earlier=not settings.fresh)
     budget = Budget(settings.max_usd, already_spent=0.0 if settings.fresh else journal.total_cost())
     gateway = Gateway(config, journal, budget=budget, fresh=settings.fresh, concurrency=settings.concurrency,
                       rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model)
@@ -98,9 +98,12 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         total = min(total, settings.max_records)
     started = time.monotonic()
     limits = config.limits
-    # One worker per request slot (plus a few, so a slot never waits on a worker writing its rows):
-    # more would only queue at the limiter, and every waiter there costs a wake-up per request.
-    workers = (settings.concurrency or limits.concurrency) + 8
+    # Two workers per request slot (plus a few): a worker whose answer is being journaled and whose rows
+    # are being written holds no slot, and the slot must not wait for it. With one worker per slot and
+    # 8 spare, a freed slot waited a mean 6 ms for a free worker at 4,000 requests/s (2 ms with two per
+    # slot): at 50 ms latency that alone cost a tenth of the throughput.
+    slots = settings.concurrency or limits.concurrency
+    workers = 2 * slots + 8
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
     stop = asyncio.Event()
 
@@ -134,6 +137,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 progress.skip(1)
                 continue
             await queue.put(item)
+            if taken <= slots:  # let a worker start each of the first requests before reading on
+                await asyncio.sleep(0)
         for _ in range(workers):
             await queue.put(None)
 

@@ -8,7 +8,6 @@ SDK (or even a bare aiohttp loop) spends per request.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from typing import Any, Protocol
 
@@ -39,6 +38,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # only for the rare HTTP-date form (the module costs ~5 ms of start-up)
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
