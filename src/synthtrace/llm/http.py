@@ -31,6 +31,10 @@ DNS_TTL_S = 300.0
 # connections after a few seconds (uvicorn, so vLLM and SGLang: 5 s), and a request sent just as the
 # server hangs up fails. A `Keep-Alive: timeout=N` header from the server shortens it.
 KEEPALIVE_EXPIRY_S = 4.0
+# The headers anything here or in the clients reads. Providers send a score of others (rate-limit
+# counters, tracing ids, CDN fields); decoding them all would cost more than parsing the status line.
+KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"keep-alive",
+                          b"retry-after", b"location", b"content-type", b"x-request-id", b"request-id"})
 
 
 class HTTPError(Exception):
@@ -56,7 +60,7 @@ class Timeout(HTTPError):
 @dataclass(slots=True)
 class Response:
     status: int
-    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    headers: dict[str, str]  # the KEPT_HEADERS that came, lower-case; a repeated one keeps its last value
     body: bytes
 
 
@@ -132,7 +136,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        name = name.lower()
+        if name in KEPT_HEADERS:
+            self.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
