@@ -5,8 +5,8 @@
 Runs `synthtrace run completions` in this process (the runner, gateway, journal, limiter, store and
 progress as a real run uses them) against an in-memory client that answers at once, so every CPU
 second is the engine's: reading input, keying and journaling each call, budgets and limits, rows
-with provenance. The HTTP stack comes on top (see server_check.py for a bare aiohttp client's
-cost on the same machine). Prints the best of --repeat runs, pinned to one CPU where possible.
+with provenance. The HTTP stack comes on top (server_check.py measures a bare loop over synthtrace's
+connection pool on the same machine). Prints the best of --repeat runs, pinned to one CPU where possible.
 """
 
 from __future__ import annotations

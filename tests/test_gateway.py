@@ -305,6 +305,19 @@ def test_concurrency_limit_is_honoured(fp, tmp_path):
     assert fp.peak_in_flight == 3
 
 
+def test_a_retry_goes_ahead_of_requests_waiting_for_their_first_attempt(fp, tmp_path, fast_backoff):
+    # One slot, five requests: the first fails once. The slot it frees goes to the next in line while
+    # it backs off; its retry takes the slot after that, not a place behind the other three (at a
+    # deep queue that is a whole round of latency, and a run's tail is made of its retries).
+    fp.latency = 0.05
+    fp.script("q0", Fault.status(500))
+    async def go(gw: Gateway) -> list[Any]:
+        return await asyncio.gather(*(gw.chat(msgs(f"q{i}")) for i in range(5)))
+    replies = with_gateway(gw_config(fp), tmp_path / "j.db", go, concurrency=1)
+    assert [r.text for r in replies] == [f"echo: q{i}" for i in range(5)]
+    assert [(r.prompt, r.status) for r in fp.requests[:3]] == [("q0", 500), ("q1", 200), ("q0", 200)]
+
+
 def test_server_concurrency_cap_is_learned(fp, tmp_path):
     cap, n, ours = 4, 48, 12
     fp.latency, fp.max_in_flight, fp.retry_after_s = 0.05, cap, 0.05

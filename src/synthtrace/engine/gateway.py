@@ -258,7 +258,7 @@ class Gateway:
         tokens_est = prompt_est + completion_est
         try:
             while True:
-                await ep.limiter.acquire(tokens_est)
+                await ep.limiter.acquire(tokens_est, first=errors + throttles > 0)
                 try:
                     if ep.refused is not None:  # refused while this call waited for a slot
                         raise ep.refused

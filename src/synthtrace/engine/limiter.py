@@ -6,6 +6,8 @@ back slowly (about one slot per window of successes), and more slowly still near
 last drew a 429. A throttled request waits its Retry-After and then queues again like any other:
 retries never bypass admission, so they cannot turn into a 429 storm. When a 429 leaves nothing of
 ours in flight, the server is refusing everything: its Retry-After pauses the whole endpoint.
+Retries queue ahead of first attempts (still through admission): with a queue as deep as the
+concurrency, a retry at the back would wait a whole round, and a run's tail is its last retries.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class Limiter:
 
     # -- admission ------------------------------------------------------------------------------
 
-    async def acquire(self, tokens: int = 0) -> None:
+    async def acquire(self, tokens: int = 0, first: bool = False) -> None:
+        """Wait for a slot (and the rate budgets). `first`: queue ahead of the requests waiting for
+        their first attempt — for a retry, whose record has already waited its turn once."""
         while True:
             now = time.monotonic()
             if now < self._paused_until:
@@ -67,7 +71,10 @@ class Limiter:
                 continue
             if self.in_flight >= int(self.limit) or self._waiters:
                 fut = asyncio.get_running_loop().create_future()
-                self._waiters.append(fut)
+                if first:
+                    self._waiters.appendleft(fut)
+                else:
+                    self._waiters.append(fut)
                 try:
                     await fut
                 except asyncio.CancelledError:
