@@ -31,6 +31,8 @@ _STRICT_KEYS = {"extra": "forbid"}
 
 @dataclass
 class Endpoint:
+    """Where and how to reach one provider: its API kind, URL, key variable and limits."""
+
     __pydantic_config__ = _STRICT_KEYS
 
     kind: Literal["openai", "anthropic", "argo", "local", "hf"] = "openai"
@@ -49,6 +51,8 @@ class Endpoint:
 
 @dataclass
 class ModelAlias:
+    """A short name for a provider's model id on one endpoint, with default generation params."""
+
     __pydantic_config__ = _STRICT_KEYS
 
     endpoint: str
@@ -58,12 +62,16 @@ class ModelAlias:
 
 @dataclass(frozen=True, slots=True)
 class Price:
+    """USD per million tokens, prompt and completion."""
+
     input: float  # USD per 1M prompt tokens
     output: float  # USD per 1M completion tokens
 
 
 @dataclass
 class Limits:
+    """Run-wide defaults: concurrency, rate budgets, retries and structured-output re-asks."""
+
     __pydantic_config__ = _STRICT_KEYS
 
     concurrency: int = 16
@@ -75,6 +83,8 @@ class Limits:
 
 @dataclass
 class Config:
+    """Everything a run reads from YAML and flags: endpoints, aliases, limits, prices, recipe options."""
+
     __pydantic_config__ = _STRICT_KEYS
 
     default_model: str | None = None

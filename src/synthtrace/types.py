@@ -34,6 +34,8 @@ class ChatRequest:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one call."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False  # True when the provider gave no usage and we counted ourselves

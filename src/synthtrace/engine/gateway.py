@@ -71,6 +71,8 @@ class Reply:
 
 @dataclass(slots=True)
 class GatewayStats:
+    """Counts for the run summary."""
+
     calls: int = 0  # answered by a provider in this process
     replayed: int = 0  # answered from the journal
     retries: int = 0
@@ -84,6 +86,8 @@ class GatewayStats:
 
 @dataclass(slots=True)
 class _Endpoint:
+    """A built client with its limiter and health."""
+
     name: str
     client: Client
     limiter: Limiter

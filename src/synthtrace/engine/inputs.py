@@ -18,6 +18,8 @@ import orjson
 
 @dataclass(slots=True)
 class Record:
+    """One good input line (or CSV row): its id, parsed data and where it came from."""
+
     id: str
     data: dict[str, Any]
     source: str
@@ -26,6 +28,8 @@ class Record:
 
 @dataclass(slots=True)
 class BadInput:
+    """An input line that cannot run, with file, line and reason."""
+
     source: str
     line: int
     reason: str

@@ -86,6 +86,8 @@ class KeyFilter:
 
 @dataclass(slots=True)
 class JournalEntry:
+    """A recorded answer and what it cost."""
+
     result: ChatResult
     cost_usd: float
 

@@ -36,6 +36,8 @@ log = logging.getLogger("synthtrace")
 
 @dataclass
 class RunSettings:
+    """What one `synthtrace run` was asked to do."""
+
     input: Path
     output: Path
     model: str | None = None
@@ -55,6 +57,8 @@ class RunSettings:
 
 @dataclass
 class RunResult:
+    """How a run ended, with its counts, for the summary and the manifest."""
+
     status: str  # complete | budget | interrupted | invalid-input
     records_done: int = 0
     records_skipped: int = 0

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # a schema class comes from a caller that has imported pydant
 
 @dataclass(frozen=True, slots=True)
 class SchemaSpec:
+    """A JSON schema to ask for, by name, and the pydantic class that validates answers, if any."""
+
     name: str
     schema: dict[str, Any]
     model: type[BaseModel] | None

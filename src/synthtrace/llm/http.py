@@ -59,6 +59,8 @@ class Timeout(HTTPError):
 
 @dataclass(slots=True)
 class Response:
+    """A whole answer: status, the headers kept, the body (decompressed)."""
+
     status: int
     headers: dict[str, str]  # the KEPT_HEADERS that came, lower-case; a repeated one keeps its last value
     body: bytes
