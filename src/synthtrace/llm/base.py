@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from synthtrace.llm.http import ConnectError, ConnectionPool, HTTPError, Timeout
+from synthtrace.llm.http import ConnectionPool, HTTPError, Timeout
 from synthtrace.types import ChatRequest, ChatResult, FatalError, RateLimited, RetryableError
 
 
@@ -90,10 +90,8 @@ class HTTPClient:
             resp = await pool.request("POST", url, orjson.dumps(payload), headers)
         except Timeout as e:
             raise RetryableError(f"{self.name}: request timed out ({e})") from e
-        except ConnectError as e:
+        except HTTPError as e:  # never opened, lost mid-answer, or not HTTP
             raise RetryableError(f"{self.name}: connection failed: {e}") from e
-        except HTTPError as e:
-            raise RetryableError(f"{self.name}: connection failed: {e.__class__.__name__}: {e}") from e
         status, body = resp.status, resp.body
         if status == 429:
             raise RateLimited(f"{self.name}: 429 rate limited: {provider_message(body)}",

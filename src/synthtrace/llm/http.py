@@ -277,8 +277,7 @@ class ConnectionPool:
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
-        self._targets: dict[str, _Target] = {}
-        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        self._prepared: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[_Target, bytes]] = {}
         self._dns: dict[tuple[str, int], tuple[float, asyncio.Future[list[tuple]]]] = {}
         self._closed = False
 
@@ -287,11 +286,11 @@ class ConnectionPool:
         """Send one request and return the whole answer, or raise an `HTTPError`."""
         if self._closed:
             raise ConnectError("the connection pool is closed")
-        extra = tuple(headers.items()) if headers else ()
-        head = self._heads.get((url, extra))  # type: ignore[arg-type]
-        if head is None:
-            head = self._head(method, url, extra)
-        target = self._targets[url]
+        key = (method, url, tuple(headers.items()) if headers else ())
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepare(*key)
+        target, head = prepared
         conn = await self._acquire(target.origin)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
@@ -302,16 +301,15 @@ class ConnectionPool:
             conn.close()  # half a request/answer on the wire: the connection is unusable
             raise
 
-    def _head(self, method: str, url: str, extra: tuple[tuple[str, str], ...]) -> bytes:
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = _Target.parse(url)
+    def _prepare(self, method: str, url: str, extra: tuple[tuple[str, str], ...]) -> tuple[_Target, bytes]:
+        """Where to connect, and the request's bytes up to its Content-Length value."""
+        target = _Target.parse(url)
         lines = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in extra)
         head = (b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target.path, target.host_header)
                 + self._static + lines + b"Content-Length: ")
-        if len(self._heads) < 64:  # a handful of URLs and header sets per client; never a leak
-            self._heads[(url, extra)] = head
-        return head
+        if len(self._prepared) < 64:  # a handful of URLs and header sets per client; never a leak
+            self._prepared[(method, url, extra)] = (target, head)
+        return target, head
 
     async def _acquire(self, origin: tuple[str, str, int]) -> _Connection:
         idle = self._idle.get(origin)
@@ -331,11 +329,11 @@ class ConnectionPool:
             self._ssl = ssl.create_default_context()
         try:
             conn = await asyncio.wait_for(self._connect(origin), self.connect_timeout)
-        except (OSError, ssl.SSLError) as e:
+        except asyncio.TimeoutError as e:  # first: from 3.11 it is the builtin TimeoutError, an OSError
+            raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s") from e
+        except OSError as e:  # ssl.SSLError included
             self._dns.pop((host, port), None)  # the next try looks the name up again
             raise ConnectError(f"cannot connect to {host}:{port}: {e}") from e
-        except asyncio.TimeoutError as e:
-            raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s") from e
         self._all.add(conn)
         return conn
 
