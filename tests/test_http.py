@@ -11,8 +11,10 @@ import asyncio
 import gzip
 import re
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -245,6 +247,40 @@ def test_nothing_listening_is_a_connect_error() -> None:
             await pool.request("POST", url, b"{}")
         await pool.aclose()
     arun(go())
+
+
+def test_a_connect_that_never_completes_times_out_and_a_caller_can_still_cancel_it() -> None:
+    """A listener whose accept queue is full drops further SYNs, so those connects hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the queue; later connects stay pending
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+
+    async def go() -> None:
+        pool = ConnectionPool(connect_timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match=r"within 0.2 s"):
+            await pool.request("POST", f"http://127.0.0.1:{port}/", b"{}")
+        assert time.monotonic() - started < 2.0
+        pool = ConnectionPool(connect_timeout=30)
+        task = asyncio.ensure_future(pool.request("POST", f"http://127.0.0.1:{port}/", b"{}"))
+        await asyncio.sleep(0.1)
+        task.cancel()  # the caller's own cancellation stays a cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await pool.aclose()
+    try:
+        arun(go())
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
 
 
 def test_http_client_maps_redirects_and_transport_failures_to_engine_errors() -> None:

@@ -145,6 +145,22 @@ def test_strict_stops_before_any_request(fp, cli, tmp_path, write_jsonl, config_
     assert any(f"{inp}:2: " in line for line in stderr_lines(result.stderr)), result.stderr
 
 
+def test_duplicate_ids_are_caught_however_far_apart(fp, cli, tmp_path, write_jsonl, config_file, monkeypatch):
+    """Seen ids move from memory to the on-disk index in batches; a repeat is caught on both sides."""
+    from synthtrace.engine.store import IdIndex
+
+    monkeypatch.setattr(IdIndex, "MEMORY_IDS", 3)  # r0-r2 and r3-r5 go to disk, r6-r7 stay in memory
+    lines = [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(8)]
+    lines += [{"id": "r1", "prompt": "again"}, {"id": "r7", "prompt": "again"}]
+    inp = write_jsonl(lines)
+    out = tmp_path / "run"
+    result = cli(*run_args(inp, out, config_file()))
+    assert result.exit_code == 0, result.output
+    assert sorted(ids(read_jsonl(out / "rows.jsonl"))) == [f"r{i}" for i in range(8)]
+    reasons = {e["line"]: e["reason"] for e in read_jsonl(out / "rejected.jsonl")}
+    assert reasons == {9: "duplicate id 'r1' (first at line 2)", 10: "duplicate id 'r7' (first at line 8)"}
+
+
 def test_strict_counts_a_duplicate_id_as_a_bad_line(fp, cli, tmp_path, write_jsonl, config_file):
     inp = write_jsonl(prompts(3) + [{"id": "r1", "prompt": "again"}])
     result = cli(*run_args(inp, tmp_path / "run", config_file(), "--strict"))

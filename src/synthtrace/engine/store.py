@@ -25,7 +25,15 @@ JOURNAL = "journal.db"
 
 
 class IdIndex:
-    """Set-like index of ids on disk: `seen` (input ids, with their line) and `done` (ids with rows)."""
+    """Set-like index of ids: `seen` (input ids, with their line) and `done` (ids with rows).
+
+    The latest `MEMORY_IDS` seen ids live in a dict, and go to SQLite's temporary database in one
+    batch when it fills: a run of up to that many records asks SQLite nothing per record (an insert
+    each was ~5 % of the CPU spent on a request), and a million-line input still runs in memory that
+    does not grow with its size.
+    """
+
+    MEMORY_IDS = 50_000
 
     def __init__(self) -> None:
         # "" is SQLite's private temporary database: on disk once it outgrows its page cache, and
@@ -35,16 +43,9 @@ class IdIndex:
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
         self._db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._db.execute("BEGIN")
-        self._pending = 0
+        self._recent: dict[str, int] = {}  # seen ids not yet in SQLite → their line
+        self._spilled = False  # some seen ids are in SQLite
         self.done_count = 0
-
-    def _tick(self) -> None:
-        self._pending += 1
-        if self._pending >= 5000:
-            self._db.execute("COMMIT")
-            self._db.execute("BEGIN")
-            self._pending = 0
 
     def mark_done(self, record_ids: Iterable[str]) -> None:
         self.done_count += self._db.executemany("INSERT OR IGNORE INTO done VALUES (?)",
@@ -57,11 +58,22 @@ class IdIndex:
 
     def first_seen(self, record_id: str, line: int) -> int | None:
         """Record that `record_id` appears at `line`; return the earlier line if it was seen before."""
-        cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (record_id, line))
-        self._tick()
-        if cur.rowcount:
-            return None
-        return self._db.execute("SELECT line FROM seen WHERE id = ?", (record_id,)).fetchone()[0]
+        recent = self._recent
+        earlier = recent.get(record_id)
+        if earlier is not None:
+            return earlier
+        if self._spilled:
+            row = self._db.execute("SELECT line FROM seen WHERE id = ?", (record_id,)).fetchone()
+            if row is not None:
+                return row[0]
+        recent[record_id] = line
+        if len(recent) >= self.MEMORY_IDS:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO seen VALUES (?, ?)", recent.items())
+            recent.clear()
+            self._spilled = True
+        return None
 
     def close(self) -> None:
         self._db.close()
