@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -187,6 +188,29 @@ def test_a_long_run_keeps_the_journal_wal_bounded_and_every_answer_readable(tmp_
     again = Journal(path)
     assert all(again.get(key).result.text == text + key for key in keys[::97])
     again.close()
+
+
+def test_answers_are_committed_before_their_callers_resume_and_a_failed_commit_reaches_each(tmp_path):
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    def committed() -> int:
+        with sqlite3.connect(path) as other:  # another connection sees only committed transactions
+            return other.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    async def go() -> list[Any]:
+        async def one(i: int) -> int:
+            await journal.record(f"{i:032x}", "ep", "m", ChatResult(text=str(i)), 0.0)
+            return committed()
+        seen = await asyncio.gather(*(one(i) for i in range(50)))  # answers of one tick share a commit
+        assert min(seen) == 50
+        bad = [journal.record(f"{i:032x}", "ep", "m", ChatResult(text="x"), object() if i == 103 else 0.0)
+               for i in range(100, 105)]  # one answer that cannot be stored fails its whole transaction
+        outcomes = await asyncio.gather(*bad, return_exceptions=True)
+        await journal.record(f"{200:032x}", "ep", "m", ChatResult(text="after"), 0.0)  # the writer lives on
+        return outcomes
+    outcomes = arun(go())
+    assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
+    assert committed() == 51
+    journal.close()
 
 
 def test_fresh_gateway_asks_again(fp, tmp_path):
