@@ -329,15 +329,29 @@ def test_concurrency_limit_is_honoured(fp, tmp_path):
     assert fp.peak_in_flight == 3
 
 
-def test_a_retry_goes_ahead_of_requests_waiting_for_their_first_attempt(fp, tmp_path, fast_backoff):
-    # One slot, five requests: the first fails once. The slot it frees goes to the next in line while
-    # it backs off; its retry takes the slot after that, not a place behind the other three (at a
-    # deep queue that is a whole round of latency, and a run's tail is made of its retries).
+def test_a_sporadic_failure_is_retried_at_once_in_the_slot_it_holds(fp, tmp_path, fast_backoff):
+    # One slot, five requests: the first fails once. A healthy endpoint's odd 500 is asked again at
+    # once, keeping its slot: given back, the slot would go to the next in line and the retry would
+    # wait for one to free again (near the end of a burst of answers, a whole round of latency).
     fp.latency = 0.05
     fp.script("q0", Fault.status(500))
     async def go(gw: Gateway) -> list[Any]:
         return await asyncio.gather(*(gw.chat(msgs(f"q{i}")) for i in range(5)))
     replies = with_gateway(gw_config(fp), tmp_path / "j.db", go, concurrency=1)
+    assert [r.text for r in replies] == [f"echo: q{i}" for i in range(5)]
+    assert [(r.prompt, r.status) for r in fp.requests[:3]] == [("q0", 500), ("q0", 200), ("q1", 200)]
+    assert fp.peak_in_flight == 1  # never more in flight than the slots
+
+
+def test_with_a_rate_budget_a_retry_queues_again_ahead_of_first_attempts(fp, tmp_path, fast_backoff):
+    # With a requests-per-minute budget every attempt must pass admission (and count against the
+    # budget): the retry gives its slot back, backs off, and takes the next slot, not a place behind
+    # the requests still waiting for their first attempt.
+    fp.latency = 0.05
+    fp.script("q0", Fault.status(500))
+    async def go(gw: Gateway) -> list[Any]:
+        return await asyncio.gather(*(gw.chat(msgs(f"q{i}")) for i in range(5)))
+    replies = with_gateway(gw_config(fp), tmp_path / "j.db", go, concurrency=1, rpm=60_000)
     assert [r.text for r in replies] == [f"echo: q{i}" for i in range(5)]
     assert [(r.prompt, r.status) for r in fp.requests[:3]] == [("q0", 500), ("q1", 200), ("q0", 200)]
 

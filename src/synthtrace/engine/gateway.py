@@ -260,9 +260,12 @@ class Gateway:
         max_retries = self.config.limits.max_retries
         errors = throttles = 0
         tokens_est = prompt_est + completion_est
+        holding = False  # a sporadic failure's retry keeps the slot it already has
         try:
             while True:
-                await ep.limiter.acquire(tokens_est, first=errors + throttles > 0)
+                if not holding:
+                    await ep.limiter.acquire(tokens_est, first=errors + throttles > 0)
+                holding = False
                 try:
                     if ep.refused is not None:  # refused while this call waited for a slot
                         raise ep.refused
@@ -277,13 +280,20 @@ class Gateway:
                     await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
                     continue
                 except RetryableError:
-                    ep.limiter.release()
                     ep.observe(True)
                     errors += 1
                     if errors > max_retries:
+                        ep.limiter.release()
                         self.stats.failures += 1
                         raise
                     self.stats.retries += 1
+                    if ep.failure_rate < SPORADIC_FAILURE_RATE and ep.limiter.unmetered:
+                        # A healthy endpoint's odd failure: ask again at once, in the same slot. Given
+                        # back, the slot went to a waiting request and the retry waited for the next
+                        # one to free — near the end of a burst of answers, a whole round.
+                        holding = True
+                        continue
+                    ep.limiter.release()
                     await asyncio.sleep(_backoff(errors, ep.failure_rate))
                     continue
                 except BaseException as e:
@@ -342,7 +352,7 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
     exponential backoff; max_retries bounds both.
     """
     if failure_rate < SPORADIC_FAILURE_RATE:
-        return random.uniform(0.0, 0.01 * attempt)  # a few ms: spread, but no round lost at the tail
+        return random.uniform(0.0, 0.01 * attempt)  # a few ms (with a rate budget; otherwise no wait)
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 

@@ -6,8 +6,9 @@ back slowly (about one slot per window of successes), and more slowly still near
 last drew a 429. A throttled request waits its Retry-After and then queues again like any other:
 retries never bypass admission, so they cannot turn into a 429 storm. When a 429 leaves nothing of
 ours in flight, the server is refusing everything: its Retry-After pauses the whole endpoint.
-Retries queue ahead of first attempts (still through admission): with a queue as deep as the
-concurrency, a retry at the back would wait a whole round, and a run's tail is its last retries.
+Retries that gave their slot back queue ahead of first attempts (still through admission): with a
+queue as deep as the concurrency, a retry at the back would wait a whole round, and a run's tail is
+its last retries. (The gateway retries a healthy endpoint's odd failure in the slot it holds.)
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class Limiter:
                 self.tpm.take(tokens)
             self._wake()
             return
+
+    @property
+    def unmetered(self) -> bool:
+        """No requests- or tokens-per-minute budget: only the concurrency limits admission."""
+        return self.rpm is None and self.tpm is None
 
     def release(self) -> None:
         self.in_flight -= 1
