@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ from synthtrace.config import Config, ResolvedModel, resolve_model, secret
 from synthtrace.engine.cost import Budget, PriceTable
 from synthtrace.engine.journal import Journal, request_key
 from synthtrace.engine.limiter import Limiter
-from synthtrace.engine.structured import SchemaSpec, reask_message
 from synthtrace.llm.base import Client
 from synthtrace.types import (
     BudgetExceeded,
@@ -38,6 +36,8 @@ from synthtrace.types import (
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from synthtrace.engine.structured import SchemaSpec
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -178,7 +178,11 @@ class Gateway:
                    reasks: int | None = None, **params: Any) -> Reply:
         r = self.resolve(model)
         merged = {**r.params, **{k: v for k, v in params.items() if v is not None}}
-        spec = SchemaSpec.of(schema) if schema is not None else None
+        spec = None
+        if schema is not None:  # imported here: a run without schemas never needs pydantic's side of things
+            from synthtrace.engine.structured import SchemaSpec
+
+            spec = SchemaSpec.of(schema)
         reasks = self.config.limits.structured_reasks if reasks is None else reasks
         convo = list(messages)
         attempts = 0
@@ -198,6 +202,8 @@ class Gateway:
                     raise StructuredOutputError(
                         f"{r.alias}: no valid {spec.name} after {reasks + 1} answer(s): {problem}", result.text
                     ) from None
+                from synthtrace.engine.structured import reask_message
+
                 convo = [*convo, {"role": "assistant", "content": result.text}, reask_message(problem)]
         raise AssertionError("unreachable")
 
@@ -351,6 +357,8 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
     fails twice near the end would otherwise add a second or more). Systematic failures get the full
     exponential backoff; max_retries bounds both.
     """
+    import random  # only a retry needs it: 2 ms less at start-up
+
     if failure_rate < SPORADIC_FAILURE_RATE:
         return random.uniform(0.0, 0.01 * attempt)  # a few ms (with a rate budget; otherwise no wait)
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
@@ -359,6 +367,8 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
 
 def _jitter(retry_after: float) -> float:
     """Honour Retry-After, spreading the retries over a further 10 % so they do not arrive as one wave."""
+    import random
+
     return min(retry_after, 300.0) * random.uniform(1.0, 1.1)
 
 
