@@ -7,8 +7,8 @@ synchronous=NORMAL survives a killed process (the OS holds the written pages); i
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
 
 `record` is group commit on a writer thread: answers that arrive while the previous transaction
-is being written share the next one, and each caller resumes only after the transaction holding its
-answer has committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per
+is being written share the next one, and each caller resumes (its own future is set) only after
+the transaction holding its answer has committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per
 answer, and every thousand pages SQLite checkpoints the WAL inside a commit (copying pages and two
 fsyncs), which on the loop stalled every request in flight — as long again as the commits
 themselves. The writer has a connection of its own; reads stay on the loop's connection (WAL lets
