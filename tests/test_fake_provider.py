@@ -151,6 +151,38 @@ def test_argo_both_paths():
         assert status == 200 and orjson.loads(body) == {"response": "echo: argo?"}
 
 
+def test_raw_http_expect_continue_pipelining_and_garbage():
+    """What curl and hand-written clients send: Expect: 100-continue, two requests in one write
+    (answered in order), and bytes that are not HTTP (a 400, then the connection closes)."""
+    import socket
+
+    def exchange(fp: FakeProvider, data: bytes, answers: int) -> bytes:
+        """Send `data` on a new connection; what came back once `answers` status lines (or EOF) did."""
+        with socket.create_connection(("127.0.0.1", fp.port), timeout=5) as s:
+            s.sendall(data)
+            got = b""
+            while got.count(b"HTTP/1.1 ") < answers:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+    def post(prompt: str, extra: str = "") -> bytes:
+        body = orjson.dumps(chat(prompt))
+        return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+    with FakeProvider() as fp:
+        continued = exchange(fp, post("first", "Expect: 100-continue\r\n"), 2)
+        assert continued.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+        fp.script("slow", Fault.timeout(0.2))
+        both = exchange(fp, post("slow") + post("fast"), 2)
+        assert both.index(b"echo: slow") < both.index(b"echo: fast")  # in request order, not finish order
+        garbage = exchange(fp, b"HELLO THERE\r\n\r\n", 99)  # reads until the server closes
+        assert garbage.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in garbage
+
+
 def test_records_keep_no_credentials():
     async def go(fp):
         await post(fp, "/v1/chat/completions", chat("a"), headers={"Authorization": "Bearer sk-SECRET"})
