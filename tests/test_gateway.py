@@ -213,6 +213,14 @@ def test_answers_are_committed_before_their_callers_resume_and_a_failed_commit_r
     journal.close()
 
 
+def test_one_journal_serves_one_event_loop_after_another(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    for n in range(2):  # e.g. a library user calling asyncio.run twice
+        arun(journal.record(f"{n:032x}", "ep", "m", ChatResult(text=str(n)), 0.0))
+    assert [journal.get(f"{n:032x}").result.text for n in range(2)] == ["0", "1"]
+    journal.close()
+
+
 def test_fresh_gateway_asks_again(fp, tmp_path):
     journal = tmp_path / "j.db"
     with_gateway(gw_config(fp), journal, lambda gw: gw.chat(msgs("q")))

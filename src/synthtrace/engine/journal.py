@@ -8,10 +8,10 @@ transactions of a power cut for a commit that costs microseconds instead of an f
 
 `record` is group commit on a writer thread: answers that arrive while the previous transaction
 is being written share the next one, and each caller resumes (its own future is set) only after
-the transaction holding its answer has committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per
-answer, and every thousand pages SQLite checkpoints the WAL inside a commit (copying pages and two
-fsyncs), which on the loop stalled every request in flight — as long again as the commits
-themselves. The writer has a connection of its own; reads stay on the loop's connection (WAL lets
+the transaction holding its answer has committed. The event loop never waits on SQLite: a commit
+costs 10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a
+commit (copying pages and two fsyncs), which on the loop stalled every request in flight — as long
+again as the commits themselves. The writer has a connection of its own; reads stay on the loop's connection (WAL lets
 them run beside a write).
 """
 
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 _INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+# rows for one transaction, their callers, and the loop those callers wait on
+_Batch = tuple[list[tuple[Any, ...]], list[asyncio.Future[None]], asyncio.AbstractEventLoop]
 
 
 def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -108,9 +111,7 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []  # their callers
         self._scheduled = False  # _write_batch is due on the loop
         self._writing = False  # a batch is on the writer thread
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: queue.SimpleQueue[tuple[list[tuple[Any, ...]], list[asyncio.Future[None]]] | None] = \
-            queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # to the writer thread
         self._writer: threading.Thread | None = None  # owns a connection of its own
         self._filter = KeyFilter()
         if replay_earlier:  # a million keys take a second or two to read
@@ -145,9 +146,7 @@ class Journal:
     async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
         """Record a response; returns once the transaction holding it has committed."""
         self._batch.append(self._row(key, endpoint, model, result, cost_usd))
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
         if not self._writing and not self._scheduled:  # gather this tick's answers, then write them
@@ -166,7 +165,7 @@ class Journal:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="synthtrace-journal", daemon=True)
             self._writer.start()
-        self._inbox.put((batch, waiters))
+        self._inbox.put((batch, waiters, waiters[0].get_loop()))
 
     def _write_loop(self) -> None:
         """The writer thread: one transaction per batch, then the batch's callers are woken on the loop.
@@ -177,7 +176,7 @@ class Journal:
         db: sqlite3.Connection | None = None
         try:
             while (item := self._inbox.get()) is not None:
-                batch, waiters = item
+                batch, waiters, loop = item
                 error: BaseException | None = None
                 try:
                     if db is None:
@@ -187,9 +186,8 @@ class Journal:
                         db.executemany(_INSERT, batch)
                 except BaseException as e:  # noqa: BLE001 - handed to the callers on the loop
                     error = e
-                assert self._loop is not None
                 try:
-                    self._loop.call_soon_threadsafe(self._written, waiters, error)
+                    loop.call_soon_threadsafe(self._written, waiters, error)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
         finally:
