@@ -153,8 +153,11 @@ def test_argo_both_paths():
 
 def test_raw_http_expect_continue_pipelining_and_garbage():
     """What curl and hand-written clients send: Expect: 100-continue, two requests in one write
-    (answered in order), and bytes that are not HTTP (a 400, then the connection closes)."""
+    (answered in order), bytes that are not HTTP (a 400, then the connection closes), and a body over
+    the size limit (a 413)."""
     import socket
+
+    from synthtrace.testing import fake_provider
 
     def exchange(fp: FakeProvider, data: bytes, answers: int) -> bytes:
         """Send `data` on a new connection; what came back once `answers` status lines (or EOF) did."""
@@ -181,6 +184,12 @@ def test_raw_http_expect_continue_pipelining_and_garbage():
         assert both.index(b"echo: slow") < both.index(b"echo: fast")  # in request order, not finish order
         garbage = exchange(fp, b"HELLO THERE\r\n\r\n", 99)  # reads until the server closes
         assert garbage.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in garbage
+        fake_provider.MAX_BODY, limit = 1000, fake_provider.MAX_BODY
+        try:
+            too_big = exchange(fp, post("x" * 2000), 99)
+        finally:
+            fake_provider.MAX_BODY = limit
+        assert too_big.startswith(b"HTTP/1.1 413 ")
 
 
 def test_records_keep_no_credentials():

@@ -137,10 +137,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._write_now(400, orjson.dumps({"error": {"message": f"bad HTTP request: {e}"}}), close=True)
-        except _TooLarge:
-            self._write_now(413, orjson.dumps({"error": {"message": "request body too large"}}), close=True)
+        except httptools.HttpParserError as e:  # a callback's own exception arrives wrapped in one
+            if self._size > MAX_BODY:
+                self._write_now(413, orjson.dumps({"error": {"message": "request body too large"}}), close=True)
+            else:
+                self._write_now(400, orjson.dumps({"error": {"message": f"bad HTTP request: {e}"}}), close=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -202,7 +203,7 @@ class _Connection(asyncio.Protocol):
 
 
 class _TooLarge(Exception):
-    pass
+    """Raised from the body callback to stop parsing a body over MAX_BODY."""
 
 
 def _response(status: int, data: bytes, content_type: str, headers: dict[str, str] | None, close: bool) -> bytes:
