@@ -206,6 +206,8 @@ def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir:
         "cpu_s_per_1000": round(run["cpu_s"] / count * 1000, 4),
         "peak_rss_mb": round(run["peak_rss_mb"], 1),
         "first_request_after_s": round(first - run["started_at"], 3) if first else None,
+        # the last answer to the CLI's exit: its last commit and row, the manifest, closing up
+        "exit_after_last_answer_s": round(run["started_at"] + run["wall_s"] - last, 3) if last else None,
         "efficiency_server_window": round(check["rows_ok"] / window / sc.ideal_rps, 4) if window else None,
         "server_requests": stats.get("requests_total"), "server_by_status": stats.get("by_status"),
         "server_by_outcome": stats.get("by_outcome"),
@@ -234,6 +236,7 @@ COLUMNS = [("scenario", "sc", "{}"), ("requests", "requests", "{}"), ("wall_s", 
            ("dupes", "dupes", "{}"), ("missing", "missing", "{}"), ("wrong", "wrong", "{}"),
            ("rejected", "rejected", "{}"), ("cpu_s_per_1000", "CPU s/1k", "{:.3f}"),
            ("peak_rss_mb", "RSS MB", "{:.0f}"), ("first_request_after_s", "1st req s", "{:.2f}"),
+           ("exit_after_last_answer_s", "exit s", "{:.3f}"),
            ("efficiency_server_window", "eff srv", "{:.3f}"), ("server_requests", "srv req", "{}"),
            ("server_cpu_share", "srv CPU", "{:.0%}"), ("verdict", "result", "{}")]
 
