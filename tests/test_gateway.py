@@ -7,6 +7,7 @@ record of each request and when it arrived) and what the caller got back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 import sqlite3
@@ -210,6 +211,29 @@ def test_answers_are_committed_before_their_callers_resume_and_a_failed_commit_r
     outcomes = arun(go())
     assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
     assert committed() == 51
+    journal.close()
+
+
+def test_a_pause_in_the_answers_folds_the_wal_into_the_database(tmp_path):
+    # Between rounds of slow requests the writer checkpoints, so the database file itself (read here
+    # without the WAL) already holds the answers, and closing has little left to sync.
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    def in_main_file() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as raw:  # no WAL
+            try:
+                return raw.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the table is in the file yet
+                return 0
+    async def go() -> int:
+        await asyncio.gather(*(journal.record(f"{i:032x}", "ep", "m", ChatResult(text="x"), 0.0) for i in range(20)))
+        assert in_main_file() == 0  # committed to the WAL, not yet folded in
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if in_main_file() == 20:
+                break
+        return in_main_file()
+    assert arun(go()) == 20
     journal.close()
 
 
