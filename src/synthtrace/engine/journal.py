@@ -11,8 +11,8 @@ is being written share the next one, and each caller resumes (its own future is 
 the transaction holding its answer has committed. The event loop never waits on SQLite: a commit
 costs 10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a
 commit (copying pages and two fsyncs), which on the loop stalled every request in flight — as long
-again as the commits themselves. The writer has a connection of its own; reads stay on the loop's connection (WAL lets
-them run beside a write).
+again as the commits themselves. The writer has a connection of its own; reads stay on the loop's
+connection (WAL lets them run beside a write).
 """
 
 from __future__ import annotations
