@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from synthtrace.config import Config, Endpoint, Limits, ModelAlias
 from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal
-from synthtrace.engine.limiter import TokenBucket
+from synthtrace.engine.limiter import Limiter, TokenBucket
 from synthtrace.testing import FakeProvider, Fault
 from synthtrace.types import ChatResult, FatalError, StructuredOutputError
 
@@ -374,6 +374,37 @@ def test_concurrency_limit_is_honoured(fp, tmp_path):
     replies = with_gateway(gw_config(fp), tmp_path / "j.db", go, concurrency=3)
     assert len(replies) == 9 and len(fp.requests) == 9
     assert fp.peak_in_flight == 3
+
+
+def test_requests_waiting_for_a_slot_are_sent_in_the_order_they_came(fp, tmp_path):
+    # Answers come back in bursts; each freed slot goes to the longest-waiting request. (Counting a
+    # slot as taken only once its new owner ran, a burst woke more waiters than slots, and the extra
+    # ones went back to the end of the queue.)
+    fp.latency = 0.05
+    async def go(gw: Gateway) -> list[Any]:
+        return await asyncio.gather(*(gw.chat(msgs(f"q{i}")) for i in range(40)))
+    with_gateway(gw_config(fp), tmp_path / "j.db", go, concurrency=4)
+    assert [r.prompt for r in fp.requests] == [f"q{i}" for i in range(40)]
+    assert fp.peak_in_flight == 4
+
+
+def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_the_slot_on():
+    async def go() -> list[str]:
+        limiter = Limiter(1)
+        order: list[str] = []
+        async def take(name: str) -> None:
+            await limiter.acquire()
+            order.append(name)
+        await limiter.acquire()  # held
+        b = asyncio.create_task(take("b"))
+        c = asyncio.create_task(take("c"))
+        await asyncio.sleep(0)  # both wait
+        limiter.release()  # handed to b ...
+        b.cancel()  # ... which is cancelled before it runs
+        await asyncio.gather(b, return_exceptions=True)
+        await asyncio.wait_for(c, 1)
+        return [*order, str(limiter.in_flight)]
+    assert arun(go()) == ["c", "1"]
 
 
 def test_a_sporadic_failure_is_retried_at_once_in_the_slot_it_holds(fp, tmp_path, fast_backoff):

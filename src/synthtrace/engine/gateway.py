@@ -277,8 +277,7 @@ class Gateway:
                         raise ep.refused
                     result = await ep.client.chat(req)
                 except RateLimited as e:
-                    ep.limiter.release()
-                    ep.limiter.on_throttle(e.retry_after)
+                    ep.limiter.release_throttled(e.retry_after)
                     throttles += 1
                     self.stats.throttled += 1
                     if throttles > max_retries * 5:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 
 
@@ -64,41 +65,49 @@ class Limiter:
 
     async def acquire(self, tokens: int = 0, first: bool = False) -> None:
         """Wait for a slot (and the rate budgets). `first`: queue ahead of the requests waiting for
-        their first attempt — for a retry, whose record has already waited its turn once."""
+        their first attempt — for a retry, whose record has already waited its turn once.
+
+        A freed slot is handed to the first waiter, counted as taken the moment it is handed over:
+        counted only once the waiter ran, a burst of answers woke ever more waiters for the same
+        slots, and all but one went back to the end of the queue (four times per request, at
+        concurrency 100)."""
         while True:
             now = time.monotonic()
             if now < self._paused_until:
                 await asyncio.sleep(self._paused_until - now)
                 continue
-            if self.in_flight >= int(self.limit) or self._waiters:
-                fut = asyncio.get_running_loop().create_future()
-                if first:
-                    self._waiters.appendleft(fut)
-                else:
-                    self._waiters.append(fut)
-                try:
-                    await fut
-                except asyncio.CancelledError:
-                    if fut in self._waiters:
-                        self._waiters.remove(fut)
-                    elif not fut.cancelled():
-                        self._wake()
-                    raise
-                if self.in_flight >= int(self.limit):
-                    continue
-            wait = max(self.rpm.wait_time(1) if self.rpm else 0.0, self.tpm.wait_time(tokens) if self.tpm else 0.0)
-            if wait > 0:
+            if self.in_flight < int(self.limit) and not self._waiters:
+                self.in_flight += 1
+            else:
+                await self._handed_a_slot(first)
+            wait = max(self._paused_until - time.monotonic(),
+                       self.rpm.wait_time(1) if self.rpm else 0.0, self.tpm.wait_time(tokens) if self.tpm else 0.0)
+            if wait > 0:  # a slot is of no use until then: pass it on meanwhile
+                self.release()
                 await asyncio.sleep(wait)
+                first = True
                 continue
-            if self.in_flight >= int(self.limit):
-                continue
-            self.in_flight += 1
             if self.rpm:
                 self.rpm.take(1)
             if self.tpm:
                 self.tpm.take(tokens)
-            self._wake()
             return
+
+    async def _handed_a_slot(self, first: bool) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        if first:
+            self._waiters.appendleft(fut)
+        else:
+            self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot as it was cancelled: pass it on
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
 
     @property
     def unmetered(self) -> bool:
@@ -110,12 +119,14 @@ class Limiter:
         self._wake()
 
     def _wake(self) -> None:
-        free = int(self.limit) - self.in_flight
-        while free > 0 and self._waiters:
+        """Hand free slots to the waiters, first come first served (none while paused)."""
+        if self._paused_until and time.monotonic() < self._paused_until:
+            return
+        while self._waiters and self.in_flight < int(self.limit):
             fut = self._waiters.popleft()
-            if not fut.done():
+            if not fut.done():  # a cancelled waiter's future is done; it removes itself
+                self.in_flight += 1
                 fut.set_result(None)
-                free -= 1
 
     # -- feedback -------------------------------------------------------------------------------
 
@@ -132,12 +143,14 @@ class Limiter:
         self.limit = min(float(self.ceiling), self.limit + step)
         self._wake()
 
-    def on_throttle(self, retry_after: float | None) -> None:
-        """A 429 came back (the request's slot is already released)."""
+    def release_throttled(self, retry_after: float | None) -> None:
+        """A 429 came back: give its slot back, and cut concurrency (or pause) before anyone else
+        is handed it."""
+        self.in_flight -= 1
         self.throttled += 1
         now = time.monotonic()
         wait = retry_after if retry_after is not None else 1.0
-        holding = max(1.0, float(self.in_flight))
+        holding = max(1.0, float(self.in_flight))  # what the server still holds of ours
         if now >= self._cooldown_until:
             self._last_throttle_level = min(self.limit, holding + 1)
             self.limit = max(1.0, min(self.limit, holding) * 0.95)
@@ -146,3 +159,12 @@ class Limiter:
         self._cooldown_until = now + wait
         if self.in_flight == 0:  # the server is holding nothing of ours: it is refusing everything
             self._paused_until = max(self._paused_until, now + wait)
+            asyncio.get_running_loop().call_later(wait, self._wake_after_pause)
+        self._wake()
+
+    def _wake_after_pause(self) -> None:
+        left = self._paused_until - time.monotonic()
+        if left > 0:  # a later 429 extended the pause (or the timer fired a hair early)
+            asyncio.get_running_loop().call_later(left, self._wake_after_pause)
+        else:
+            self._wake()
