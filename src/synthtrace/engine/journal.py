@@ -2,7 +2,7 @@
 
 SQLite in WAL mode, keyed by a hash of the canonical request (resolved model and endpoint,
 messages, params, schema, sample index), never by code. A re-run with the same requests replays
-from here and pays nothing; `kill -9` loses at most the calls that were still in flight. WAL with
+from here and pays nothing; `kill -9` loses at most the answers not yet committed. WAL with
 synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
 
