@@ -10,10 +10,7 @@ import asyncio
 import contextlib
 import email.utils
 import math
-import os
 import sqlite3
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -245,18 +242,6 @@ def test_one_journal_serves_one_event_loop_after_another(tmp_path):
     for n in range(2):  # e.g. a library user calling asyncio.run twice
         arun(journal.record(f"{n:032x}", "ep", "m", ChatResult(text=str(n)), 0.0))
     assert [journal.get(f"{n:032x}").result.text for n in range(2)] == ["0", "1"]
-    journal.close()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's")
-def test_the_journal_writer_gives_way_to_the_event_loop(tmp_path):
-    # Sharing a core, the loop's next requests go out first and commits wait for the gap after a burst.
-    journal = Journal(tmp_path / "j.db")
-    loop_nice = os.getpriority(os.PRIO_PROCESS, 0)  # this (the loop's) thread
-    arun(journal.record(f"{0:032x}", "ep", "m", ChatResult(text="x"), 0.0))
-    writer = next(t for t in threading.enumerate() if t.name == "synthtrace-journal")
-    assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == max(19, loop_nice)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == loop_nice
     journal.close()
 
 

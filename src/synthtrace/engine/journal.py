@@ -6,12 +6,12 @@ from here and pays nothing; `kill -9` loses at most the answers not yet committe
 synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
 
-`record` is group commit on a writer thread: answers that arrive while the previous transaction
-is being written share the next one, and each caller resumes (its own future is set) only after
-the transaction holding its answer has committed. The event loop never waits on SQLite: a commit
-costs 10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a
-commit (copying pages and two fsyncs), which on the loop stalled every request in flight — as long
-again as the commits themselves. The writer has a connection of its own; reads stay on the loop's
+`record` is group commit on a writer thread: an answer waits GROUP_COMMIT_S (5 ms) for others,
+answers that arrive while the previous transaction is being written share the next one, and each
+caller resumes (its own future is set) only after the transaction holding its answer has
+committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per answer, and
+every thousand pages SQLite checkpoints the WAL inside a commit (copying pages and two fsyncs),
+which on the loop stalled every request in flight — as long again as the commits themselves. The writer has a connection of its own; reads stay on the loop's
 connection (WAL lets them run beside a write).
 """
 
@@ -20,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -50,24 +48,12 @@ CREATE TABLE IF NOT EXISTS calls (
 _INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 WAL_SIZE_LIMIT = 1 << 20  # bytes a checkpointed WAL file is cut back to
 IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for this long
-WRITER_NICE = 19  # Linux: the writer thread's niceness (the event loop's thread stays at the process's)
+# An answer waits this long for others to share its transaction: a burst of answers then makes a few
+# large commits instead of many small ones, each of which took the GIL from the loop mid-burst.
+GROUP_COMMIT_S = 0.005
 
 # rows for one transaction, their callers, and the loop those callers wait on
 _Batch = tuple[list[tuple[Any, ...]], list[asyncio.Future[None]], asyncio.AbstractEventLoop]
-
-
-def _yield_cpu_to_the_loop() -> None:
-    """Make the calling (writer) thread the one that waits when it shares a core with the event loop.
-
-    Answers come in bursts; while one is being handled, every moment the writer takes delays the next
-    requests going out, and a commit can wait for the gap after the burst: fewer, larger transactions
-    and fewer hand-offs of the GIL. With the CLI pinned to one core this cut its CPU per request by
-    ~15% (B: 0.27-0.29 -> 0.22-0.25 s per 1,000). Callers still resume only after their commit; the
-    slot an answer held is free before it is journaled. On Linux a thread has a niceness of its own.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
 
 
 def request_key(model_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -172,9 +158,9 @@ class Journal:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
-        if not self._writing and not self._scheduled:  # gather this tick's answers, then write them
+        if not self._writing and not self._scheduled:  # gather the answers of the next few ms, then write
             self._scheduled = True
-            loop.call_soon(self._write_batch)
+            loop.call_later(GROUP_COMMIT_S, self._write_batch)
         await waiter
 
     def _write_batch(self) -> None:
@@ -198,7 +184,6 @@ class Journal:
         """
         db: sqlite3.Connection | None = None
         unsynced = False  # answers written since the last checkpoint
-        _yield_cpu_to_the_loop()
         try:
             while True:
                 try:
