@@ -112,8 +112,11 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     with FakeProvider(latency=0.05) as fp:
         cfg = make_config(tmp_path / "cfg.yaml", fp)
         cmd = cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg, "-q", "-c", CONCURRENCY)
+        # As in a terminal: a CI job started in the background inherits SIGINT ignored, and then so
+        # would the CLI (Python keeps a signal ignored at start-up ignored).
         proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while row_count(out / "rows.jsonl") < 40:
