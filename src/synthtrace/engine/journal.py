@@ -6,12 +6,13 @@ from here and pays nothing; `kill -9` loses at most the answers not yet committe
 synchronous=NORMAL survives a killed process (the OS holds the written pages); it trades the last
 transactions of a power cut for a commit that costs microseconds instead of an fsync.
 
-`record` is group commit on a writer thread: an answer waits GROUP_COMMIT_S (5 ms) for others,
-answers that arrive while the previous transaction is being written share the next one, and each
-caller resumes (its own future is set) only after the transaction holding its answer has
-committed. The event loop never waits on SQLite: a commit costs 10–40 µs of CPU per answer, and
-every thousand pages SQLite checkpoints the WAL inside a commit (copying pages and two fsyncs),
-which on the loop stalled every request in flight — as long again as the commits themselves. The writer has a connection of its own; reads stay on the loop's
+`record` is group commit on a writer thread: while answers stream in, an answer waits
+GROUP_COMMIT_S (5 ms) for others; answers that arrive while the previous transaction is being
+written share the next one; and each caller resumes (its own future is set) only after the
+transaction holding its answer has committed. The event loop never waits on SQLite: a commit costs
+10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a commit
+(copying pages and two fsyncs), which on the loop stalled every request in flight — as long again
+as the commits themselves. The writer has a connection of its own; reads stay on the loop's
 connection (WAL lets them run beside a write).
 """
 
@@ -48,8 +49,9 @@ CREATE TABLE IF NOT EXISTS calls (
 _INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 WAL_SIZE_LIMIT = 1 << 20  # bytes a checkpointed WAL file is cut back to
 IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for this long
-# An answer waits this long for others to share its transaction: a burst of answers then makes a few
-# large commits instead of many small ones, each of which took the GIL from the loop mid-burst.
+# While answers stream in (the last commit ended less than this ago), an answer waits this long for
+# others to share its transaction: a burst then makes a few large commits instead of many small ones,
+# each of which took the GIL from the loop mid-burst. After a pause an answer goes at once.
 GROUP_COMMIT_S = 0.005
 
 # rows for one transaction, their callers, and the loop those callers wait on
@@ -117,6 +119,7 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []  # their callers
         self._scheduled = False  # _write_batch is due on the loop
         self._writing = False  # a batch is on the writer thread
+        self._last_commit = 0.0  # when the writer last finished a transaction (monotonic)
         self._inbox: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # to the writer thread
         self._writer: threading.Thread | None = None  # owns a connection of its own
         self._filter = KeyFilter()
@@ -158,9 +161,12 @@ class Journal:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
-        if not self._writing and not self._scheduled:  # gather the answers of the next few ms, then write
+        if not self._writing and not self._scheduled:
             self._scheduled = True
-            loop.call_later(GROUP_COMMIT_S, self._write_batch)
+            if time.monotonic() - self._last_commit < GROUP_COMMIT_S:  # answers are streaming in: gather
+                loop.call_later(GROUP_COMMIT_S, self._write_batch)
+            else:  # the first after a pause (the last of a run, say) goes at once, with this tick's
+                loop.call_soon(self._write_batch)
         await waiter
 
     def _write_batch(self) -> None:
@@ -220,6 +226,7 @@ class Journal:
     def _written(self, waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
         """Back on the loop: wake the batch's callers, and send the answers that came in meanwhile."""
         self._writing = False
+        self._last_commit = time.monotonic()
         for waiter in waiters:
             if not waiter.done():  # a cancelled caller's answer is committed all the same
                 if error is None:
