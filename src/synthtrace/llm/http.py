@@ -2,7 +2,7 @@
 
 Every LLM call crosses this code, so its CPU per request is a product figure. A bare aiohttp client
 loop costs 0.26–0.34 ms of CPU per request on the 2-core development machine and takes 0.3 s to
-import; this client does the same work in 0.09–0.10 ms (see bench/server_check.py) and imports in a
+import; this client does the same work in 0.07–0.10 ms (see bench/server_check.py) and imports in a
 few milliseconds. It can be this small because it serves one shape of traffic: requests with a
 body that fits in memory, answered by a body that fits in memory, on keep-alive connections to a few
 origins. Parsing — status line, headers, Content-Length, chunked encoding, keep-alive semantics — is
