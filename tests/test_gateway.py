@@ -237,6 +237,28 @@ def test_a_pause_in_the_answers_folds_the_wal_into_the_database(tmp_path):
     journal.close()
 
 
+def test_an_answer_whose_caller_is_cancelled_before_its_commit_is_kept_at_close(tmp_path):
+    # Ctrl-C while answers wait for their group commit: the answers were paid for, so closing the
+    # journal commits them, and the next run replays them instead of asking again.
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    async def go() -> None:
+        await journal.record(f"{0:032x}", "ep", "m", ChatResult(text="first"), 0.0)
+        waiting = asyncio.create_task(journal.record(f"{1:032x}", "ep", "m", ChatResult(text="paid"), 0.0))
+        await asyncio.sleep(0)  # its answer now waits for company in the next transaction
+        waiting.cancel()
+        journal.begin_close()
+        with pytest.raises(RuntimeError, match="closing"):
+            await journal.record(f"{2:032x}", "ep", "m", ChatResult(text="late"), 0.0)
+    arun(go())
+    journal.close()
+    again = Journal(path)
+    assert again.get(f"{1:032x}").result.text == "paid"
+    assert again.get(f"{2:032x}") is None
+    again.close()
+    assert not Path(str(path) + "-wal").exists()  # the last close folded the WAL in and removed it
+
+
 def test_one_journal_serves_one_event_loop_after_another(tmp_path):
     journal = Journal(tmp_path / "j.db")
     for n in range(2):  # e.g. a library user calling asyncio.run twice

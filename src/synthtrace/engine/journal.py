@@ -13,7 +13,9 @@ transaction holding its answer has committed. The event loop never waits on SQLi
 10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a commit
 (copying pages and two fsyncs), which on the loop stalled every request in flight — as long again
 as the commits themselves. The writer has a connection of its own; reads stay on the loop's
-connection (WAL lets them run beside a write).
+connection (WAL lets them run beside a write). Closing starts with `begin_close`: answers still
+waiting for a transaction (a cancelled caller's too) are committed, and the writer checkpoints the
+WAL (its fsyncs) while the run writes its manifest and closes its connections.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class Journal:
         self._last_commit = 0.0  # when the writer last finished a transaction (monotonic)
         self._inbox: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # to the writer thread
         self._writer: threading.Thread | None = None  # owns a connection of its own
+        self._closing = False  # begin_close has sent the writer its last batch
         self._filter = KeyFilter()
         if replay_earlier:  # a million keys take a second or two to read
             for (key,) in self._db.execute("SELECT key FROM calls"):
@@ -157,6 +160,8 @@ class Journal:
 
     async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
         """Record a response; returns once the transaction holding it has committed."""
+        if self._closing:
+            raise RuntimeError(f"journal {self.path} is closing")
         self._batch.append(self._row(key, endpoint, model, result, cost_usd))
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
@@ -177,10 +182,13 @@ class Journal:
         batch, waiters = self._batch, self._waiters
         self._batch, self._waiters = [], []
         self._writing = True
+        self._start_writer()
+        self._inbox.put((batch, waiters, waiters[0].get_loop()))
+
+    def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="synthtrace-journal", daemon=True)
             self._writer.start()
-        self._inbox.put((batch, waiters, waiters[0].get_loop()))
 
     def _write_loop(self) -> None:
         """The writer thread: one transaction per batch, then the batch's callers are woken on the loop.
@@ -202,7 +210,10 @@ class Journal:
                         assert db is not None
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     continue
-                if item is None:
+                if item is None:  # closing: fold the WAL into the database here, beside the loop's own winding down
+                    if db is not None and unsynced:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     break
                 batch, waiters, loop = item
                 error: BaseException | None = None
@@ -235,10 +246,24 @@ class Journal:
                     waiter.set_exception(error)
         self._write_batch()
 
+    def begin_close(self) -> None:
+        """Start closing: answers still waiting for a transaction go to the writer, which commits them,
+        checkpoints the WAL (two fsyncs) and stops, while the caller goes on winding down; `close` waits."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._batch:  # e.g. an interrupted run: a cancelled caller's answer is committed all the same
+            batch, waiters = self._batch, self._waiters
+            self._batch, self._waiters = [], []
+            self._start_writer()
+            self._inbox.put((batch, waiters, waiters[0].get_loop()))
+        if self._writer is not None:
+            self._inbox.put(None)
+
     def _stop_writer(self) -> None:
+        self.begin_close()
         if self._writer is None:
             return
-        self._inbox.put(None)
         self._writer.join()
         self._writer = None
 
@@ -270,6 +295,5 @@ class Journal:
     def close(self) -> None:
         try:
             self._stop_writer()
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
-            self._db.close()
+            self._db.close()  # the last connection: SQLite checkpoints what is left and removes the WAL

@@ -96,7 +96,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     for n in store.unreadable_lines[:5]:
         result.messages.append(f"{store.rows_path}:{n}: unreadable row kept as is (its record will be redone)")
     manifest = _manifest(recipe, settings, config, gateway, "running")
-    store.write_manifest(manifest)
+    store.write_manifest(manifest, durable=False)  # the run's last write replaces it, durably
     total = recipe.count(settings.input)
     if settings.max_records is not None and total is not None:
         total = min(total, settings.max_records)
@@ -222,6 +222,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         if gateway.prices.unpriced:
             result.messages.append("no price known for " + ", ".join(sorted(gateway.prices.unpriced)) +
                                    ": their cost counts as 0 (add them under `prices:` in the config)")
+        journal.begin_close()  # its last commit and the WAL's checkpoint (fsyncs) go on beside what follows
         manifest.update(status=result.status, finished=time.time(), result=asdict(result))
         store.write_manifest(manifest)
         if settings.publish is not None:

@@ -36,16 +36,22 @@ class IdIndex:
     MEMORY_IDS = 50_000
 
     def __init__(self) -> None:
-        # "" is SQLite's private temporary database: on disk once it outgrows its page cache, and
-        # gone when the connection closes, or the process dies (the file is unlinked on open).
-        self._db = sqlite3.connect("", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
-        self._db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._conn: sqlite3.Connection | None = None  # opened when first needed: most runs never need it
         self._recent: dict[str, int] = {}  # seen ids not yet in SQLite → their line
         self._spilled = False  # some seen ids are in SQLite
         self.done_count = 0
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # "" is SQLite's private temporary database: on disk once it outgrows its page cache, and
+            # gone when the connection closes, or the process dies (the file is unlinked on open).
+            db = self._conn = sqlite3.connect("", isolation_level=None)
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+            db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        return self._conn
 
     def mark_done(self, record_ids: Iterable[str]) -> None:
         self.done_count += self._db.executemany("INSERT OR IGNORE INTO done VALUES (?)",
@@ -76,7 +82,8 @@ class IdIndex:
         return None
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class RunStore:
@@ -168,8 +175,9 @@ class RunStore:
         self._rejected.write(orjson.dumps(entry, default=str) + b"\n")
         self.rejected_written += 1
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_atomic(self.manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2, default=str))
+    def write_manifest(self, manifest: dict[str, Any], durable: bool = True) -> None:
+        """Replace manifest.json; `durable=False` skips the fsync (the first one of a run, which the last replaces)."""
+        write_atomic(self.manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2, default=str), durable)
 
     def close(self) -> None:
         if getattr(self, "_pending", None):
@@ -209,11 +217,15 @@ def repair_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old file or the new one, never half."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, never half.
+
+    `durable` also syncs the data to disk before the rename, so that a power cut leaves the old or
+    the new file too (a process that dies leaves one or the other either way)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
