@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from fake_server import FakeServerProcess, child_env, pinned_to
+from fake_server import FakeServerProcess, child_env, pin
 from server_check import describe, run_check
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -123,7 +123,8 @@ def run_cli(cmd: list[str], cpu: int | None, limit_s: float, log: Path) -> dict[
     with log.open("wb") as out:
         started = time.perf_counter()
         started_wall = time.time()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=pinned_to(cpu))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)  # no preexec_fn: see `pin`
+        pin(proc.pid, cpu)  # the child has only just exec'd (subprocess returns after the exec)
         killer = threading.Timer(limit_s, os.kill, (proc.pid, signal.SIGKILL))
         killer.start()
         watcher = _PeakWatcher(proc.pid)
