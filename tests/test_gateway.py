@@ -237,6 +237,23 @@ def test_a_pause_in_the_answers_folds_the_wal_into_the_database(tmp_path):
     journal.close()
 
 
+def test_the_last_answer_of_a_burst_is_committed_without_waiting_for_company(tmp_path, monkeypatch):
+    # While answers stream in, one waits GROUP_COMMIT_S for others to share its transaction. When the
+    # caller says nothing else is in flight, waiting would only hold back the run's last rows.
+    monkeypatch.setattr("synthtrace.engine.journal.GROUP_COMMIT_S", 60.0)  # a wait nobody could miss
+    journal = Journal(tmp_path / "j.db")
+    async def go() -> None:
+        await journal.record(f"{0:032x}", "ep", "m", ChatResult(text="0"), 0.0)  # after a pause: at once
+        streaming = asyncio.create_task(journal.record(f"{1:032x}", "ep", "m", ChatResult(text="1"), 0.0))
+        await asyncio.sleep(0)
+        assert not streaming.done()  # waiting for company
+        last = journal.record(f"{2:032x}", "ep", "m", ChatResult(text="2"), 0.0, more_coming=False)
+        await asyncio.wait_for(asyncio.gather(streaming, last), 10)  # both committed, long before 60 s
+    arun(go())
+    assert [journal.get(f"{n:032x}").result.text for n in range(3)] == ["0", "1", "2"]
+    journal.close()
+
+
 def test_an_answer_whose_caller_is_cancelled_before_its_commit_is_kept_at_close(tmp_path):
     # Ctrl-C while answers wait for their group commit: the answers were paid for, so closing the
     # journal commits them, and the next run replays them instead of asking again.

@@ -224,7 +224,7 @@ class Gateway:
         self._pending[key] = fut
         try:
             result, cost, attempts = await self._send(ep, r, messages, params, spec, sample)
-            await self.journal.record(key, ep.name, r.model, result, cost)
+            await self.journal.record(key, ep.name, r.model, result, cost, more_coming=self.in_flight > 0)
             fut.set_result((result, cost))
             return result, cost, key, False, attempts
         except BaseException as e:

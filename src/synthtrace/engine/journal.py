@@ -54,7 +54,7 @@ IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for t
 # While answers stream in (the last commit ended less than this ago), an answer waits this long for
 # others to share its transaction: a burst then makes a few large commits instead of many small ones,
 # each of which took the GIL from the loop mid-burst. After a pause an answer goes at once.
-GROUP_COMMIT_S = 0.005
+GROUP_COMMIT_S = 0.005  # (the caller says when nothing else is in flight: that answer goes at once)
 
 # rows for one transaction, their callers, and the loop those callers wait on
 _Batch = tuple[list[tuple[Any, ...]], list[asyncio.Future[None]], asyncio.AbstractEventLoop]
@@ -120,6 +120,7 @@ class Journal:
         self._batch: list[tuple[Any, ...]] = []  # answers waiting for the next transaction
         self._waiters: list[asyncio.Future[None]] = []  # their callers
         self._scheduled = False  # _write_batch is due on the loop
+        self._timer: asyncio.TimerHandle | None = None  # when it is due after GROUP_COMMIT_S
         self._writing = False  # a batch is on the writer thread
         self._last_commit = 0.0  # when the writer last finished a transaction (monotonic)
         self._inbox: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # to the writer thread
@@ -158,25 +159,35 @@ class Journal:
         return (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
                 cost_usd, orjson.dumps(result.to_dict()))
 
-    async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> None:
-        """Record a response; returns once the transaction holding it has committed."""
+    async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float,
+                     more_coming: bool = True) -> None:
+        """Record a response; returns once the transaction holding it has committed.
+
+        `more_coming=False` says no other answer is on its way (nothing else in flight): the
+        transaction then goes at once instead of waiting for company."""
         if self._closing:
             raise RuntimeError(f"journal {self.path} is closing")
         self._batch.append(self._row(key, endpoint, model, result, cost_usd))
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
-        if not self._writing and not self._scheduled:
-            self._scheduled = True
-            if time.monotonic() - self._last_commit < GROUP_COMMIT_S:  # answers are streaming in: gather
-                loop.call_later(GROUP_COMMIT_S, self._write_batch)
-            else:  # the first after a pause (the last of a run, say) goes at once, with this tick's
-                loop.call_soon(self._write_batch)
+        if not self._writing:
+            if not more_coming and self._timer is not None:  # the last of a burst: stop waiting for company
+                self._timer.cancel()
+                self._timer = None
+                self._scheduled = False
+            if not self._scheduled:
+                self._scheduled = True
+                if more_coming and time.monotonic() - self._last_commit < GROUP_COMMIT_S:  # streaming: gather
+                    self._timer = loop.call_later(GROUP_COMMIT_S, self._write_batch)
+                else:  # the first after a pause, or the last of a burst, goes at once with this tick's
+                    loop.call_soon(self._write_batch)
         await waiter
 
     def _write_batch(self) -> None:
         """Hand the waiting answers to the writer thread (on the loop; the writer is idle)."""
         self._scheduled = False
+        self._timer = None
         if not self._batch:
             return
         batch, waiters = self._batch, self._waiters
