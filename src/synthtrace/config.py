@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from synthtrace.types import Struct
+
 ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
 CONFIG_SEARCH = ("synthtrace.yaml", "synthtrace.yml", "~/.config/synthtrace/config.yaml")
 
@@ -97,15 +99,17 @@ class Config:
     source: str | None = None  # where it was read from (set by load_config)
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedModel:
+class ResolvedModel(Struct):
     """A model name as the user wrote it, bound to an endpoint and the provider's id."""
 
-    alias: str
-    endpoint_name: str
-    endpoint: Endpoint
-    model: str
-    params: dict[str, Any]
+    __slots__ = ("alias", "endpoint_name", "endpoint", "model", "params")
+
+    def __init__(self, alias: str, endpoint_name: str, endpoint: Endpoint, model: str, params: dict[str, Any]):
+        self.alias = alias
+        self.endpoint_name = endpoint_name
+        self.endpoint = endpoint
+        self.model = model
+        self.params = params
 
     @property
     def is_local(self) -> bool:

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config, ResolvedModel, resolve_model, secret
@@ -31,6 +30,7 @@ from synthtrace.types import (
     Message,
     RateLimited,
     RetryableError,
+    Struct,
     StructuredOutputError,
 )
 
@@ -45,22 +45,27 @@ DEFAULT_COMPLETION_GUESS = 512
 SPORADIC_FAILURE_RATE = 0.25
 
 
-@dataclass(slots=True)
-class Reply:
+class Reply(Struct):
     """A model's answer as a recipe sees it."""
 
-    text: str
-    reasoning: str | None
-    parsed: Any  # the validated structured output (pydantic instance or dict), when a schema was given
-    model: str  # alias as the recipe asked
-    provider_model: str
-    key: str
-    cached: bool
-    attempts: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    finish_reason: str | None
+    __slots__ = ("text", "reasoning", "parsed", "model", "provider_model", "key", "cached", "attempts",
+                 "prompt_tokens", "completion_tokens", "cost_usd", "finish_reason")
+
+    def __init__(self, text: str, reasoning: str | None, parsed: Any, model: str, provider_model: str, key: str,
+                 cached: bool, attempts: int, prompt_tokens: int, completion_tokens: int, cost_usd: float,
+                 finish_reason: str | None):
+        self.text = text
+        self.reasoning = reasoning
+        self.parsed = parsed  # the validated structured output (pydantic instance or dict), when a schema was given
+        self.model = model  # alias as the recipe asked
+        self.provider_model = provider_model
+        self.key = key
+        self.cached = cached
+        self.attempts = attempts
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.cost_usd = cost_usd
+        self.finish_reason = finish_reason
 
     def call_record(self) -> dict[str, Any]:
         """What a row's provenance keeps about this call."""
@@ -69,30 +74,35 @@ class Reply:
                 "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 8)}
 
 
-@dataclass(slots=True)
-class GatewayStats:
+class GatewayStats(Struct):
     """Counts for the run summary."""
 
-    calls: int = 0  # answered by a provider in this process
-    replayed: int = 0  # answered from the journal
-    retries: int = 0
-    throttled: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0  # paid in this process
-    started: float = field(default_factory=time.monotonic)
+    __slots__ = ("calls", "replayed", "retries", "throttled", "failures", "prompt_tokens", "completion_tokens",
+                 "cost_usd", "started")
+
+    def __init__(self) -> None:
+        self.calls = 0  # answered by a provider in this process
+        self.replayed = 0  # answered from the journal
+        self.retries = 0
+        self.throttled = 0
+        self.failures = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0  # paid in this process
+        self.started = time.monotonic()
 
 
-@dataclass(slots=True)
-class _Endpoint:
+class _Endpoint(Struct):
     """A built client with its limiter and health."""
 
-    name: str
-    client: Client
-    limiter: Limiter
-    refused: FatalError | None = None  # a run-level refusal (bad key): nothing more is sent here
-    failure_rate: float = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
+    __slots__ = ("name", "client", "limiter", "refused", "failure_rate")
+
+    def __init__(self, name: str, client: Client, limiter: Limiter):
+        self.name = name
+        self.client = client
+        self.limiter = limiter
+        self.refused: FatalError | None = None  # a run-level refusal (bad key): nothing more is sent here
+        self.failure_rate = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
 
     def observe(self, failed: bool) -> None:
         self.failure_rate += ((1.0 if failed else 0.0) - self.failure_rate) * 0.02

@@ -9,33 +9,39 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from synthtrace.types import Struct
 
-@dataclass(slots=True)
-class Record:
+
+class Record(Struct):
     """One good input line (or CSV row): its id, parsed data and where it came from."""
 
-    id: str
-    data: dict[str, Any]
-    source: str
-    line: int  # 1-based line (or CSV row) in `source`
+    __slots__ = ("id", "data", "source", "line")
+
+    def __init__(self, id: str, data: dict[str, Any], source: str, line: int):
+        self.id = id
+        self.data = data
+        self.source = source
+        self.line = line  # 1-based line (or CSV row) in `source`
 
 
-@dataclass(slots=True)
-class BadInput:
+class BadInput(Struct):
     """An input line that cannot run, with file, line and reason."""
 
-    source: str
-    line: int
-    reason: str
-    raw: str = ""
-    id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("source", "line", "reason", "raw", "id", "extra")
+
+    def __init__(self, source: str, line: int, reason: str, raw: str = "", id: str | None = None,
+                 extra: dict[str, Any] | None = None):
+        self.source = source
+        self.line = line
+        self.reason = reason
+        self.raw = raw
+        self.id = id
+        self.extra = {} if extra is None else extra
 
     def message(self) -> str:
         return f"{self.source}:{self.line}: {self.reason}"

@@ -27,13 +27,12 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from synthtrace.types import ChatResult
+from synthtrace.types import ChatResult, Struct
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -102,12 +101,14 @@ class KeyFilter:
         return bool(bits[p >> 3] >> (p & 7) & 1)
 
 
-@dataclass(slots=True)
-class JournalEntry:
+class JournalEntry(Struct):
     """A recorded answer and what it cost."""
 
-    result: ChatResult
-    cost_usd: float
+    __slots__ = ("result", "cost_usd")
+
+    def __init__(self, result: ChatResult, cost_usd: float):
+        self.result = result
+        self.cost_usd = cost_usd
 
 
 class Journal:

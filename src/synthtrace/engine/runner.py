@@ -15,7 +15,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +28,56 @@ from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
 from synthtrace.engine.store import IdIndex, RunStore
 from synthtrace.recipes import Recipe
-from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome, Rejected
+from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome, Rejected, Struct
 
 log = logging.getLogger("synthtrace")
 
 
-@dataclass
-class RunSettings:
+class RunSettings(Struct):
     """What one `synthtrace run` was asked to do."""
 
-    input: Path
-    output: Path
-    model: str | None = None
-    max_records: int | None = None
-    fresh: bool = False
-    strict: bool = False
-    quiet: bool = False
-    max_usd: float | None = None
-    concurrency: int | None = None
-    rpm: float | None = None
-    tpm: float | None = None
-    journal: Path | None = None  # default: OUTDIR/journal.db
-    # Called with (rows.jsonl, status) while rows arrive (at most every PUBLISH_EVERY_S, and never more than
-    # a tenth of the time) and once at the end: how a recipe keeps a file of its own in step with the run.
-    publish: Callable[[Path, str], Any] | None = None
+    __slots__ = ("input", "output", "model", "max_records", "fresh", "strict", "quiet", "max_usd", "concurrency",
+                 "rpm", "tpm", "journal", "publish")
+
+    def __init__(self, input: Path, output: Path, model: str | None = None, max_records: int | None = None,
+                 fresh: bool = False, strict: bool = False, quiet: bool = False, max_usd: float | None = None,
+                 concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
+                 journal: Path | None = None, publish: Callable[[Path, str], Any] | None = None):
+        self.input = input
+        self.output = output
+        self.model = model
+        self.max_records = max_records
+        self.fresh = fresh
+        self.strict = strict
+        self.quiet = quiet
+        self.max_usd = max_usd
+        self.concurrency = concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self.journal = journal  # default: OUTDIR/journal.db
+        # Called with (rows.jsonl, status) while rows arrive (at most every PUBLISH_EVERY_S, and never more
+        # than a tenth of the time) and once at the end: how a recipe keeps a file of its own in step with
+        # the run.
+        self.publish = publish
 
 
-@dataclass
-class RunResult:
+class RunResult(Struct):
     """How a run ended, with its counts, for the summary and the manifest."""
 
-    status: str  # complete | budget | interrupted | invalid-input
-    records_done: int = 0
-    records_skipped: int = 0
-    records_rejected: int = 0
-    rows_written: int = 0
-    bad_input: int = 0
-    elapsed_s: float = 0.0
-    stats: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
+    __slots__ = ("status", "records_done", "records_skipped", "records_rejected", "rows_written", "bad_input",
+                 "elapsed_s", "stats", "recipe", "messages")
+
+    def __init__(self, status: str, bad_input: int = 0, messages: list[str] | None = None):
+        self.status = status  # complete | budget | interrupted | invalid-input | error
+        self.records_done = 0
+        self.records_skipped = 0
+        self.records_rejected = 0
+        self.rows_written = 0
+        self.bad_input = bad_input
+        self.elapsed_s = 0.0
+        self.stats: dict[str, Any] = {}
+        self.recipe: dict[str, Any] = {}
+        self.messages = [] if messages is None else messages
 
 
 PUBLISH_EVERY_S = 2.0
@@ -223,7 +232,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             result.messages.append("no price known for " + ", ".join(sorted(gateway.prices.unpriced)) +
                                    ": their cost counts as 0 (add them under `prices:` in the config)")
         journal.begin_close()  # its last commit and the WAL's checkpoint (fsyncs) go on beside what follows
-        manifest.update(status=result.status, finished=time.time(), result=asdict(result))
+        manifest.update(status=result.status, finished=time.time(), result=result.as_dict())
         store.write_manifest(manifest)
         if settings.publish is not None:
             publisher.run(result.status)
@@ -301,7 +310,7 @@ def _manifest(recipe: Recipe, settings: RunSettings, config: Config, gateway: Ga
     return {"synthtrace": __version__, "recipe": recipe.name, "prompt_version": recipe.prompt_version,
             "status": status, "started": time.time(), "argv": sys.argv[1:], "input": str(settings.input),
             "model": model, "config": config.source,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}}
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.as_dict().items()}}
 
 
 def dry_run(recipe: Recipe, settings: RunSettings, config: Config) -> dict[str, Any]:

@@ -20,10 +20,11 @@ import socket
 import ssl
 import time
 import zlib
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
+
+from synthtrace.types import Struct
 
 USER_AGENT = b"synthtrace"
 DNS_TTL_S = 300.0
@@ -57,22 +58,26 @@ class Timeout(HTTPError):
     """No whole answer within the request's time limit."""
 
 
-@dataclass(slots=True)
-class Response:
+class Response(Struct):
     """A whole answer: status, the headers kept, the body (decompressed)."""
 
-    status: int
-    headers: dict[str, str]  # the KEPT_HEADERS that came, lower-case; a repeated one keeps its last value
-    body: bytes
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status = status
+        self.headers = headers  # the KEPT_HEADERS that came, lower-case; a repeated one keeps its last value
+        self.body = body
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
+class _Target(Struct):
     """A URL split once: where to connect and the request-line path."""
 
-    origin: tuple[str, str, int]  # scheme, host, port
-    host_header: bytes
-    path: bytes
+    __slots__ = ("origin", "host_header", "path")
+
+    def __init__(self, origin: tuple[str, str, int], host_header: bytes, path: bytes):
+        self.origin = origin  # scheme, host, port
+        self.host_header = host_header
+        self.path = path
 
     @classmethod
     def parse(cls, url: str) -> _Target:
