@@ -37,6 +37,23 @@ def pin(pid: int, cpu: int | None) -> None:
         os.sched_setaffinity(pid, {cpu})
 
 
+def steal_seconds(cpu: int | None) -> float | None:
+    """CPU time the hypervisor has taken from `cpu` (all CPUs when None) since boot, from /proc/stat.
+
+    On a virtual machine another guest can take a core for a while; a run that lost time this way
+    shows it here, rather than as a mystery in its figures."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                fields = line.split()
+                if fields[0] == name:
+                    return int(fields[8]) / CLOCK_TICKS if len(fields) > 8 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """user+sys CPU seconds a live process has used so far (Linux /proc), else None."""
     try:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from fake_server import FakeServerProcess, child_env, pin
+from fake_server import FakeServerProcess, child_env, pin, steal_seconds
 from server_check import describe, run_check
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -187,8 +187,10 @@ def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir:
                "--base-url", server.url + "/v1", "--model", "fake", "--concurrency", str(sc.concurrency),
                "--quiet", "--fresh"]
         server_cpu_before = server.cpu_seconds()
+        steal_before = steal_seconds(cli_cpu)
         run = run_cli(cmd, cli_cpu, limit_s=max(60.0, 20 * ideal_s), log=sdir / "cli.log")
         server_cpu_after = server.cpu_seconds()
+        steal_after = steal_seconds(cli_cpu)
     check = verify(prompts, outdir)
     stats = server.stats
     rps = check["rows_ok"] / run["wall_s"]
@@ -214,6 +216,9 @@ def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir:
         "server_by_outcome": stats.get("by_outcome"),
         "server_prompts_answered_more_than_once": stats.get("prompts_answered_more_than_once"),
         "server_peak_in_flight": stats.get("peak_in_flight"),
+        # time the hypervisor took from the CLI's core meanwhile (all cores when not pinned)
+        "cli_core_steal_s": (round(steal_after - steal_before, 2)
+                             if steal_before is not None and steal_after is not None else None),
         "server_cpu_share": (round((server_cpu_after - server_cpu_before) / run["wall_s"], 3)
                              if server_cpu_before is not None and server_cpu_after is not None else None),
     }
@@ -239,7 +244,8 @@ COLUMNS = [("scenario", "sc", "{}"), ("requests", "requests", "{}"), ("wall_s", 
            ("peak_rss_mb", "RSS MB", "{:.0f}"), ("first_request_after_s", "1st req s", "{:.2f}"),
            ("exit_after_last_answer_s", "exit s", "{:.3f}"),
            ("efficiency_server_window", "eff srv", "{:.3f}"), ("server_requests", "srv req", "{}"),
-           ("server_cpu_share", "srv CPU", "{:.0%}"), ("verdict", "result", "{}")]
+           ("server_cpu_share", "srv CPU", "{:.0%}"), ("cli_core_steal_s", "steal s", "{:.2f}"),
+           ("verdict", "result", "{}")]
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
