@@ -25,7 +25,7 @@ from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.limiter import Limiter, TokenBucket
 from synthtrace.testing import FakeProvider, Fault
-from synthtrace.types import ChatResult, FatalError, StructuredOutputError
+from synthtrace.types import ChatResult, FatalError, StructuredOutputError, Usage
 
 
 def gw_config(fp: FakeProvider, *, timeout: float = 2.0, max_retries: int = 3, **limits: Any) -> Config:
@@ -274,6 +274,19 @@ def test_an_answer_whose_caller_is_cancelled_before_its_commit_is_kept_at_close(
     assert again.get(f"{2:032x}") is None
     again.close()
     assert not Path(str(path) + "-wal").exists()  # the last close folded the WAL in and removed it
+
+
+def test_an_answer_read_back_from_the_journal_equals_what_was_recorded(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    answer = ChatResult(text="42", reasoning="6 x 7", usage=Usage(12, 3), finish_reason="stop", model="m-1")
+    arun(journal.record(f"{7:032x}", "ep", "m", answer, 0.25))
+    again = Journal(tmp_path / "j.db")
+    entry = again.get(f"{7:032x}")
+    assert entry.result == answer and entry.cost_usd == 0.25
+    assert entry.result != ChatResult(text="42")  # every field counts
+    assert "reasoning='6 x 7'" in repr(entry) and "prompt_tokens=12" in repr(entry)  # readable in a failure
+    again.close()
+    journal.close()
 
 
 def test_one_journal_serves_one_event_loop_after_another(tmp_path):
