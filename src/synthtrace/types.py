@@ -17,8 +17,8 @@ class Struct:
     They were dataclasses, and a dataclass compiles generated source for its methods when its module
     is imported: 0.5–1.3 ms a class on the development machine, 14.5 ms for the twenty on that path,
     an eighth of its import time. A Struct lists its fields in `__slots__` (in order) and writes its
-    own `__init__`; repr, equality and `as_dict` come from here. (The config classes stay
-    dataclasses: pydantic validates a config file against them.)
+    own `__init__`; repr, equality and `as_dict` come from here. (The config classes that pydantic
+    validates a config file against stay dataclasses.)
     """
 
     __slots__ = ()
