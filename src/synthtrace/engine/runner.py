@@ -105,7 +105,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     for n in store.unreadable_lines[:5]:
         result.messages.append(f"{store.rows_path}:{n}: unreadable row kept as is (its record will be redone)")
     manifest = _manifest(recipe, settings, config, gateway, "running")
-    store.write_manifest(manifest, durable=False)  # the run's last write replaces it, durably
+    store.write_manifest(manifest)
     total = recipe.count(settings.input)
     if settings.max_records is not None and total is not None:
         total = min(total, settings.max_records)
