@@ -20,13 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def pinned_to(cpu: int | None):
-    """A preexec_fn that pins the child to one CPU (None: no pinning, or no sched_setaffinity)."""
-    if cpu is None or not hasattr(os, "sched_setaffinity"):
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def pin(pid: int, cpu: int | None) -> None:
     """Pin a running process (a child just started) to one CPU; None or no sched_setaffinity: leave it.
 
@@ -96,8 +89,8 @@ class FakeServerProcess:
     def __enter__(self) -> FakeServerProcess:
         cmd = [sys.executable, "-m", "synthtrace.testing.fake_provider", *self.args,
                "--stats-file", str(self._stats_path)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env(),
-                                      preexec_fn=pinned_to(self.cpu))
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env())
+        pin(self._proc.pid, self.cpu)
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if not line.startswith("READY "):
             self._proc.kill()
