@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from conftest import read_jsonl
 
-from synthtrace.engine.inputs import BadInput
 from synthtrace.eval import medec as E
 from synthtrace.eval.medec import Prediction, Reference, note_sentences, score, submission_line
+from synthtrace.inputs import BadInput
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.testing import Fault

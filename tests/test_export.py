@@ -12,10 +12,11 @@ import pytest
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from synthtrace.export.adapters import ChatExample, medec
 from synthtrace.export.sft import ExportError, ExportOptions, export_sft, render, split_of, val_path_for
+from synthtrace.recipe import ChatExample
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import split_sentences
+from synthtrace.recipes.medec.sft import medec_example as medec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEMPLATE = FIXTURES / "qwen3_style_chat_template.jinja"
@@ -242,7 +243,7 @@ def test_messages_format_keeps_the_reasoning_in_reasoning_content(run_dir: Path,
 # -- what is kept ---------------------------------------------------------------------------------
 
 def _ids(lines: list[dict[str, Any]]) -> set[str]:
-    return {line["metadata"]["note_id"] for line in lines}
+    return {line["metadata"].get("note_id") or line["metadata"]["id"] for line in lines}
 
 
 def test_unverified_rows_are_skipped_unless_asked_for(run_dir: Path, tmp_path: Path) -> None:
@@ -268,7 +269,7 @@ def test_skips_are_counted_with_their_reasons(run_dir: Path, tmp_path: Path) -> 
     assert dict(result.skipped) == {
         "unverified (--include-unverified keeps it)": 2,
         "user turn is the bare note, without a request": 1,
-        "no exporter for recipe 'translation'": 1,
+        "unknown recipe 'translation'": 1,
         "completions row without its prompt or messages": 1,
     }
     assert result.bad_line_count == 1 and result.bad_lines[0].startswith(f"{run_dir / 'rows.jsonl'}:8: invalid JSON")
@@ -382,7 +383,7 @@ def test_exports_render_through_a_qwen3_style_chat_template(run_dir: Path, tmp_p
 
 
 def test_the_template_drops_reasoning_of_earlier_turns_like_qwen3() -> None:
-    ex = ChatExample("Be brief.", "Q1", "thinking one", "A1", "g")
+    ex = ChatExample("Q1", "A1", "thinking one", "Be brief.", group="g")
     first = render(ex, "messages")["messages"]
     text = render_template([*first, {"role": "user", "content": "Q2"},
                             {"role": "assistant", "content": "A2", "reasoning_content": "thinking two"}])
@@ -401,7 +402,7 @@ def test_cli_export_sft_prints_the_summary_and_both_paths(run_dir: Path, tmp_pat
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "critic/assessment" in text and "generator/generation" in text
-    assert "no exporter for recipe 'translation'" in text and "unverified" in text
+    assert "unknown recipe 'translation'" in text and "unverified" in text
     assert "rows.jsonl:8: invalid JSON" in text
     assert str(out) in result.output.replace("\n", "") and str(val_path_for(out)) in result.output.replace("\n", "")
     assert len(read_lines(out)) + len(read_lines(val_path_for(out))) == MEDEC_ROWS - len(UNVERIFIED)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import read_jsonl
 
-from synthtrace.engine.inputs import BadInput
+from synthtrace.inputs import BadInput
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.recipes.medec.prompts import parse_verdict, render_verdict
 from synthtrace.recipes.medec.verify import sentence_matches, verify_critic_verdict
@@ -166,7 +166,7 @@ def by_note_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def rejected_by_note_id(out: Path) -> dict[str, dict[str, Any]]:
-    return {e.get("note_id", e.get("id")): e for e in read_jsonl(out / "rejected.jsonl")}
+    return {e.get("part", e.get("id")): e for e in read_jsonl(out / "rejected.jsonl")}
 
 
 def sample_case(rid: str) -> MedecCase:

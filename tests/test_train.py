@@ -25,11 +25,12 @@ from conftest import arun
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from synthtrace.cli import main as cli_main
-from synthtrace.config import Config, resolve_model
+from synthtrace.config import Config
 from synthtrace.engine.gateway import Gateway
 from synthtrace.engine.journal import Journal
-from synthtrace.export.adapters import ChatExample
 from synthtrace.export.sft import render
+from synthtrace.llm.providers import resolve_model
+from synthtrace.recipe import ChatExample
 from synthtrace.recipes.medec.prompts import CRITIC_SYSTEM, critic_user, render_verdict
 from synthtrace.train.lora import CONFIG_FILE, TrainError, TrainOptions, train
 from synthtrace.train.sft import IGNORE, TrainDataError, collate, encode, load_examples
@@ -54,7 +55,7 @@ CASES = [
 def example(i: int) -> ChatExample:
     sentences, error, reasoning = CASES[i]
     answer = render_verdict(error is not None, *(error or (-1, None)))
-    return ChatExample(CRITIC_SYSTEM, critic_user(sentences), reasoning, answer, group=f"note{i}")
+    return ChatExample(critic_user(sentences), answer, reasoning, CRITIC_SYSTEM, group=f"note{i}")
 
 
 def write_sft(path: Path, fmt: str, indices: list[int]) -> Path:

@@ -1,6 +1,7 @@
 """The `synthtrace` command: thin — flags and config in, library calls out, a summary printed.
 
-    synthtrace run RECIPE --input PATH --output DIR [common options] [recipe options]
+    synthtrace run RECIPE|package.module:Class|file.py --input PATH --output DIR [run options] [recipe options]
+    synthtrace recipes
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
     synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
@@ -17,6 +18,7 @@ gc.disable()
 
 import asyncio
 import atexit
+import inspect
 import os
 import sys
 import threading
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from synthtrace import __version__
-from synthtrace.config import Config, ConfigError, load_config, load_dotenv_file, resolve_model, with_cli_endpoint
+from synthtrace.config import ConfigError, load_dotenv_file
 from synthtrace.console import LazyConsole, escape
 from synthtrace.export import FORMATS
 from synthtrace.train import LORA_TARGETS
@@ -49,31 +52,6 @@ EXIT_BUDGET = 3
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_PATH = click.Path(exists=True, path_type=Path)
 ANY_PATH = click.Path(path_type=Path)
-
-
-def _common_run_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option("--input", "-i", "--input-file", "input_path", required=True, type=EXISTING_FILE,
-                     help="Input file."),
-        click.option("--output", "-o", required=True, type=ANY_PATH, help="Run directory."),
-        click.option("--config", "config_path", type=EXISTING_FILE,
-                     help="YAML config (default: ./synthtrace.yaml, ~/.config/synthtrace/config.yaml)."),
-        click.option("--model", "-m", help="Model alias, provider id, `local`, `local:/path/model.gguf`, `hf:DIR` or "
-                                           "`hf:DIR+ADAPTER_DIR`."),
-        click.option("--base-url", help="OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY)."),
-        click.option("--concurrency", "-c", type=click.IntRange(1), help="Requests in flight per endpoint."),
-        click.option("--rpm", type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget."),
-        click.option("--tpm", type=click.FloatRange(0, min_open=True), help="Tokens-per-minute budget."),
-        click.option("--max-records", type=click.IntRange(1), help="Only the first N input records."),
-        click.option("--max-usd", type=click.FloatRange(0), help="Stop cleanly before spending more than this."),
-        click.option("--dry-run", is_flag=True, help="Estimate calls, tokens and cost from the input; send nothing."),
-        click.option("--fresh", is_flag=True, help="Ignore earlier results in the run dir and the journal."),
-        click.option("--strict", is_flag=True, help="Stop before running anything if any input line is bad."),
-        click.option("--quiet", "-q", is_flag=True, help="Log lines instead of a progress bar."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -99,137 +77,104 @@ def started() -> None:
     gc.enable()
 
 
-@main.group()
+# -- run ------------------------------------------------------------------------------------------
+
+class RecipeGroup(click.Group):
+    """`synthtrace run NAME | package.module:Class | path/file.py[:Class]`: each recipe is a command,
+    its flags built from the run options and the recipe's own `Options` declaration."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from synthtrace.registry import RECIPES
+
+        return RECIPES.names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from synthtrace.recipe import RecipeNotFound, load_recipe
+
+        try:
+            return recipe_command(load_recipe(name), name)
+        except RecipeNotFound as e:
+            raise click.UsageError(str(e), ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from synthtrace.recipe import RecipeNotFound, load_recipe
+
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                rows.append((name, load_recipe(name).description))
+            except RecipeNotFound as e:
+                rows.append((name, f"(cannot load: {e})"))
+        with formatter.section("Recipes (or package.module:Class, or path/to/file.py[:Class])"):
+            formatter.write_dl(rows)
+
+
+@main.group(cls=RecipeGroup)
 def run() -> None:
     """Run a recipe over an input file into a run directory (re-run the same command to resume)."""
 
 
-@run.command("completions")
-@_common_run_options
-@click.option("--system", help="System prompt for `prompt` lines.")
-@click.option("--temperature", type=float, help="Default temperature (a line's own value wins).")
-@click.option("--max-tokens", type=click.IntRange(1), help="Default max tokens (a line's own value wins).")
-def run_completions(system: str | None, temperature: float | None, max_tokens: int | None, **common: Any) -> None:
-    """One completion per input line: {"id", "prompt"} or {"id", "messages"} plus optional params."""
-    from synthtrace.recipes.completions import CompletionsRecipe
+def recipe_command(cls: Any, name: str, extra: tuple[click.Option, ...] = (),
+                   finish: Callable[..., None] | None = None) -> click.Command:
+    """The command that runs recipe class `cls`: the run options, then the recipe's own.
 
-    execute(CompletionsRecipe(system=system, temperature=temperature, max_tokens=max_tokens), **common)
-
-
-@run.command("medec")
-@_common_run_options
-@click.option("--samples", "-k", default=3, show_default=True, type=click.IntRange(1, 10),
-              help="Independent critic attempts per note (rising temperature), each verified.")
-@click.option("--hint-on-failure", is_flag=True, help="One last critic attempt with the reference given (kept, hinted: true).")
-@click.option("--keep-unverified", is_flag=True, help="Keep critic traces that failed verification (verified: false).")
-@click.option("--min-similarity", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="Minimum ROUGE-1 F of the critic's correction against the reference.")
-@click.option("--critic-model", help="Model for critic traces (default: --model).")
-@click.option("--generator-model", help="Model for generator traces (default: --model).")
-@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(16))
-def run_medec(samples: int, hint_on_failure: bool, keep_unverified: bool, min_similarity: float,
-              critic_model: str | None, generator_model: str | None, max_tokens: int, **common: Any) -> None:
-    """Critic and generator traces from MEDEC notes (official CSV or pairs JSONL), critics verified."""
-    from synthtrace.recipes.medec.recipe import MedecRecipe
-
-    execute(MedecRecipe(samples=samples, hint_on_failure=hint_on_failure, min_similarity=min_similarity,
-                        critic_model=critic_model, generator_model=generator_model, max_tokens=max_tokens,
-                        keep_unverified=keep_unverified), **common)
-
-
-@run.command("science")
-@_common_run_options
-@click.option("--traces-per-sample", default=2, show_default=True, type=click.IntRange(1, 8),
-              help="Questions traced per passage, spread over the question types.")
-@click.option("--traces-per-question", default=1, show_default=True, type=click.IntRange(1, 8),
-              help="Traces per question, each a different sample (own sample index and temperature).")
-@click.option("--max-traces", type=click.IntRange(1), help="Stop after about this many traces (whole passages).")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="--no-resume is --fresh.")
-@click.option("--quality-check", is_flag=True, help="A judge panel scores each trace; weak ones are redone.")
-@click.option("--min-quality-score", default=7.0, show_default=True, type=click.FloatRange(1, 10),
-              help="Accept a trace when the judges' mean overall score (1-10) reaches this.")
-@click.option("--max-regenerations", default=2, show_default=True, type=click.IntRange(0, 5),
-              help="Redos of a trace the judges reject.")
-@click.option("--judge-model", "judges", multiple=True,
-              help="A judge (repeat for a panel; default: recipes.science.judges in the config, else --model).")
-@click.option("--grade-answers", is_flag=True, help="Six 0-1 answer grades plus overall per trace, for RL.")
-@click.option("--grader-model", help="Model for answer grades (default: recipes.science.grader, else --model).")
-@click.option("--passage-tokens", default=1500, show_default=True, type=click.IntRange(200),
-              help="Longer texts are split on paragraph boundaries into passages of at most this many tokens.")
-@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(64),
-              help="Max tokens of the assembled trace (and the cap of every other stage).")
-def run_science(traces_per_sample: int, traces_per_question: int, max_traces: int | None, resume: bool,
-                quality_check: bool, min_quality_score: float, max_regenerations: int, judges: tuple[str, ...],
-                grade_answers: bool, grader_model: str | None, passage_tokens: int, max_tokens: int,
-                **common: Any) -> None:
-    """Questions, multi-stage reasoning traces and answers from scientific passages (JSONL with `text`).
-
-    --output DIR keeps the run there; --output FILE.json or FILE.jsonl also writes the traces in the
-    science tool's format (kept in step while the run goes), with the run in FILE.json.run/.
+    `extra` options are the command's alone; `finish(result, settings, **extra)` runs after the run
+    (and its summary), before the exit status is decided.
     """
-    from synthtrace.recipes.science.output import SUFFIXES, TraceFile, run_dir_for
-    from synthtrace.recipes.science.recipe import ScienceRecipe
+    from synthtrace.engine.settings import RunSettings
+    from synthtrace.options import specs
 
-    def recipe(config: Config) -> ScienceRecipe:
-        options = config.recipes.get("science", {})
-        return ScienceRecipe(traces_per_sample=traces_per_sample, traces_per_question=traces_per_question,
-                             passage_tokens=passage_tokens, quality_check=quality_check,
-                             min_quality_score=min_quality_score, max_regenerations=max_regenerations,
-                             judges=list(judges) or list(options.get("judges") or []), grade_answers=grade_answers,
-                             grader_model=grader_model or options.get("grader"), max_tokens=max_tokens)
+    run_specs, recipe_specs = specs(RunSettings), specs(cls.Options)
+    taken = {flag for spec in run_specs for flag in _flag_names(spec.flags)}
+    for spec in recipe_specs:
+        clash = taken & set(_flag_names(spec.flags))
+        if clash:
+            raise click.UsageError(f"recipe {cls.name}: option {spec.name!r} takes {sorted(clash)[0]}, "
+                                   "which is a run option; give it other flags")
 
-    target: Path = common["output"]
-    common["fresh"] = common["fresh"] or not resume
-    if max_traces is not None:
-        per_passage = traces_per_sample * traces_per_question
-        common["max_records"] = min(common["max_records"] or max_traces, -(-max_traces // per_passage))
-    publish = None
-    if target.suffix in SUFFIXES:
-        info = {"model": common["model"] or "default", "input_file": str(common["input_path"]),
-                "traces_per_sample": traces_per_sample, "traces_per_question": traces_per_question,
-                "quality_check": quality_check, "min_quality_score": min_quality_score if quality_check else None,
-                "grade_answers": grade_answers, "run_dir": str(run_dir_for(target))}
-        publish = TraceFile(target, info, max_traces).publish
-        common["output"] = run_dir_for(target)
-    execute(recipe, publish=publish, **common)
-    if publish is not None and not common["dry_run"]:
-        out.print(f"traces:   {escape(str(target))}", soft_wrap=True)
+    def callback(**values: Any) -> None:
+        ctx = click.get_current_context()
+        run_values = {spec.name: values.pop(spec.name) for spec in run_specs}
+        given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        explicit = {spec.name: values.pop(spec.name) for spec in recipe_specs
+                    if ctx.get_parameter_source(spec.name) in given}
+        for spec in recipe_specs:
+            values.pop(spec.name, None)
+        result = _run(cls, run_values, explicit)
+        if finish is not None and result is not None:
+            finish(*result, **values)
+        _exit_for(result[0] if result else None)
 
-
-def execute(recipe: Any, **common: Any) -> None:
-    """Shared body of every `run` subcommand."""
-    _exit_for(_run(recipe, **common))
+    params = [*(spec.click_option() for spec in run_specs), *(spec.click_option() for spec in recipe_specs), *extra]
+    return click.Command(name, params=params, callback=callback, help=inspect.getdoc(cls) or cls.description,
+                         short_help=cls.description)
 
 
-def _run(recipe: Any, *, input_path: Path, output: Path, config_path: Path | None, model: str | None,
-         base_url: str | None, concurrency: int | None, rpm: float | None, tpm: float | None,
-         max_records: int | None, max_usd: float | None, dry_run: bool, fresh: bool, strict: bool,
-         quiet: bool, publish: Callable[[Path, str], Any] | None = None) -> Any:
-    """Run `recipe` (or a function of the loaded config that makes it) with the common options and print
-    the run summary; None after a dry run."""
-    from synthtrace.engine.runner import RunSettings
-    from synthtrace.engine.runner import dry_run as estimate
+def _flag_names(flags: tuple[str, ...]) -> list[str]:
+    return [name for flag in flags for name in flag.split("/") if name.startswith("-")]
+
+
+def _run(cls: Any, run_values: dict[str, Any], explicit: dict[str, Any]) -> tuple[Any, Any] | None:
+    """Run recipe class `cls` and print the summary: (result, settings), or None after a dry run."""
+    from synthtrace import api
+    from synthtrace.llm.providers import resolve_model
+    from synthtrace.options import OptionError
 
     started()
-
-    config = _config(config_path, base_url)
-    if callable(recipe):
-        recipe = recipe(config)
-    settings = RunSettings(input=input_path, output=output, model=model, max_records=max_records, fresh=fresh,
-                           strict=strict, quiet=quiet, max_usd=max_usd, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                           publish=publish)
     try:
-        resolved = resolve_model(config, model)
-    except ConfigError as e:
+        recipe, settings, config = api.prepare(cls, run_values.pop("input"), run_values.pop("output"), run_values,
+                                               explicit)
+        resolved = resolve_model(config, settings.model)
+    except (ConfigError, OptionError) as e:
         raise click.UsageError(str(e)) from None
-    if dry_run:
-        _print_estimate(estimate(recipe, settings, config))
+    if settings.dry_run:
+        _print_estimate(_run_async(api.execute(recipe, settings, config)))
         return None
     if resolved.is_local:
-        _announce_local(resolved.model, explicit=model is not None, kind=resolved.endpoint.kind)
-    result = _run_async(recipe, settings, config)
+        _announce_local(resolved.model, explicit=settings.model is not None, kind=resolved.endpoint.kind)
+    result = _run_async(api.execute(recipe, settings, config, err))
     _print_summary(result, settings)
-    return result
+    return result, settings
 
 
 def _exit_for(result: Any) -> None:
@@ -241,10 +186,7 @@ def _exit_for(result: Any) -> None:
         sys.exit(EXIT_BUDGET)
 
 
-def _run_async(recipe: Any, settings: Any, config: Config) -> Any:
-    from synthtrace.engine.runner import run_recipe
-
-    coro = run_recipe(recipe, settings, config, err)
+def _run_async(coro: Any) -> Any:
     try:
         import uvloop
 
@@ -254,13 +196,6 @@ def _run_async(recipe: Any, settings: Any, config: Config) -> Any:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: finished rows are kept; run the same command again to resume[/yellow]")
         sys.exit(130)
-
-
-def _config(config_path: Path | None, base_url: str | None) -> Config:
-    try:
-        return with_cli_endpoint(load_config(config_path), base_url)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
 
 
 def _announce_local(model: str, explicit: bool, kind: str = "local") -> None:
@@ -277,12 +212,18 @@ def _announce_local(model: str, explicit: bool, kind: str = "local") -> None:
     )
 
 
-def _print_estimate(est: dict[str, Any]) -> None:
+def _print_estimate(est: Any) -> None:
     table = _table(title="dry run: nothing was sent", show_header=False)
     for k in ("records", "bad_input", "calls", "prompt_tokens", "completion_tokens", "model", "provider_model"):
-        table.add_row(k.replace("_", " "), f"{est[k]:,}" if isinstance(est[k], int) else str(est[k]))
-    cost = f"${est['cost_usd']:.4f}" if est["priced"] else "unknown (no price for this model; add one under `prices:`)"
-    table.add_row("estimated cost", cost)
+        value = getattr(est, k)
+        table.add_row(k.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    if len(est.by_model) > 1:
+        table.add_row("calls by model", escape(" · ".join(f"{m}: {n:,}" for m, n in est.by_model.most_common())))
+    cost = f"${est.cost_usd:.4f}" if est.priced else \
+        f"unknown (no price for {', '.join(est.unpriced)}; add one under `prices:`)"
+    if est.priced and est.simulated:
+        cost += " at most (each call's max_tokens, or 512, as its answer)"
+    table.add_row("estimated cost", escape(cost))
     out.print(table)
 
 
@@ -303,9 +244,10 @@ def _print_summary(result: Any, settings: Any) -> None:
     figures += [(k.replace("_", " "), str(v)) for k, v in (result.recipe or {}).items()]
     paths = []
     if result.status != "invalid-input":
-        paths.append(("rows:    ", settings.output / "rows.jsonl"))
+        paths.append(("rows:    ", result.paths.get("rows", settings.output / "rows.jsonl")))
         if result.records_rejected or result.bad_input:
-            paths.append(("rejected:", settings.output / "rejected.jsonl"))
+            paths.append(("rejected:", result.paths.get("rejected", settings.output / "rejected.jsonl")))
+        paths += [(f"{label}:".ljust(9), path) for label, path in settings.outputs.items()]
     if settings.quiet:
         print(f"run {result.status}", *(f"  {k}: {v}" for k, v in figures), sep="\n", flush=True)
         for m in result.messages:
@@ -323,26 +265,53 @@ def _print_summary(result: Any, settings: Any) -> None:
         out.print(f"{label} {escape(str(path))}", soft_wrap=True)
 
 
+@main.command("recipes")
+def recipes_command() -> None:
+    """Every recipe `synthtrace run` can run, built in or from an installed plugin, with its options."""
+    from synthtrace.options import specs
+    from synthtrace.recipe import RecipeNotFound, load_recipe
+    from synthtrace.registry import RECIPES
+
+    started()
+    for name in RECIPES.names():
+        plugin = RECIPES.plugins().get(name)
+        origin = "built in" if plugin is None else f"plugin {plugin.value}" + (
+            f" ({plugin.dist.name} {plugin.dist.version})" if getattr(plugin, "dist", None) else "")
+        head = f"[bold]{escape(name)}[/bold]  [dim]{escape(origin)}[/dim]"
+        try:
+            cls = load_recipe(name)
+        except RecipeNotFound as e:
+            out.print(f"{head}\n  [red]cannot load: {escape(str(e))}[/red]", soft_wrap=True)
+            continue
+        out.print(f"{head}\n  {escape(cls.description)}", soft_wrap=True)
+        for spec in specs(cls.Options):
+            default = "" if spec.is_flag and not spec.default or spec.default in (None, [], ()) \
+                else f" (default: {spec.default})"
+            out.print(f"    {escape(', '.join(spec.flags))}  {escape(spec.help)}{escape(default)}", soft_wrap=True)
+    out.print("\nAlso: synthtrace run package.module:Class or path/to/file.py[:Class]", soft_wrap=True)
+
+
 # -- eval -----------------------------------------------------------------------------------------
 
-@main.group("eval")
+class BenchmarkGroup(click.Group):
+    """`synthtrace eval NAME`: a benchmark is a recipe (its flags built like `run`'s) plus its scoring."""
+
+    benchmarks = {"medec": lambda: _medec_eval_command()}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.benchmarks)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        make = self.benchmarks.get(name)
+        return make() if make is not None else None
+
+
+@main.group("eval", cls=BenchmarkGroup)
 def eval_group() -> None:
     """Evaluate a model on a benchmark, through the engine (re-run the same command to resume)."""
 
 
-@eval_group.command("medec")
-@_common_run_options
-@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(16),
-              help="Answer budget per note, reasoning included.")
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Sampling temperature (0: greedy).")
-@click.option("--explain-format", is_flag=True,
-              help="Append the answer format to the task prompt, for models not trained on it (baselines). "
-                   "Use a fresh output dir when changing it.")
-@click.option("--bleurt-checkpoint", default="BLEURT-20", show_default=True,
-              help="BLEURT checkpoint directory (used only when the bleurt package is installed).")
-def eval_medec(max_tokens: int, temperature: float, explain_format: bool, bleurt_checkpoint: str,
-               **common: Any) -> None:
+def _medec_eval_command() -> click.Command:
     """Error detection and correction on MEDEC notes (official CSV), scored as in MEDIQA-CORR 2024.
 
     The model sees each note as the trained critic does (its system prompt and task); its verdicts go
@@ -351,14 +320,19 @@ def eval_medec(max_tokens: int, temperature: float, explain_format: bool, bleurt
     """
     from synthtrace.eval.medec import MedecEvalRecipe, correction_scorers, evaluate
 
-    recipe = MedecEvalRecipe(max_tokens=max_tokens, temperature=temperature, explain_format=explain_format)
-    result = _run(recipe, **common)
-    if result is not None and result.status != "invalid-input":
+    def score(result: Any, settings: Any, bleurt_checkpoint: str) -> None:
+        if result.status == "invalid-input":
+            return
         scorers, skipped = correction_scorers(bleurt_checkpoint)
-        metrics = evaluate(common["input_path"], common["output"], max_records=common["max_records"],
-                           scorers=scorers, skipped=skipped)
-        _print_eval(metrics, common["output"])
-    _exit_for(result)
+        metrics = evaluate(settings.input, settings.output, max_records=settings.max_records, scorers=scorers,
+                           skipped=skipped)
+        _print_eval(metrics, settings.output)
+
+    bleurt = click.Option(["--bleurt-checkpoint"], default="BLEURT-20", show_default=True,
+                          help="BLEURT checkpoint directory (used only when the bleurt package is installed).")
+    command = recipe_command(MedecEvalRecipe, "medec", extra=(bleurt,), finish=score)
+    command.help, command.short_help = inspect.getdoc(_medec_eval_command), None
+    return command
 
 
 _METRIC_NAMES = {"rouge1_f": "ROUGE-1 F", "bertscore": "BERTScore", "bleurt": "BLEURT", "aggregate": "aggregate"}
@@ -432,14 +406,20 @@ def export() -> None:
 @click.option("--include-hinted/--no-include-hinted", default=True, show_default=True,
               help="Keep rows written with the reference given (hinted: true).")
 @click.option("--with-metadata/--no-metadata", default=True, show_default=True,
-              help="A `metadata` object per line (note id, recipe, role, task, label, error type, group).")
+              help="A `metadata` object per line (recipe, group, and what the recipe adds: ids, role, label…).")
+@click.option("--recipe", "recipe_ref", metavar="REF",
+              help="The recipe of the rows (a name, package.module:Class or file.py[:Class]), when the run's "
+                   "manifest cannot say (its recipe file moved).")
 def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float, seed: int, include_unverified: bool,
-                       include_hinted: bool, with_metadata: bool) -> None:
-    """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source note."""
+                       include_hinted: bool, with_metadata: bool, recipe_ref: str | None) -> None:
+    """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source.
+
+    Each row becomes an example through its recipe's `to_sft`.
+    """
     from synthtrace.export.sft import ExportError, ExportOptions, export_sft
 
     options = ExportOptions(format=fmt, val_fraction=val_fraction, seed=seed, include_unverified=include_unverified,
-                            include_hinted=include_hinted, with_metadata=with_metadata)
+                            include_hinted=include_hinted, with_metadata=with_metadata, recipe=recipe_ref)
     try:
         result = export_sft(run_path, out, options)
     except ExportError as e:

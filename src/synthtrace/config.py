@@ -3,9 +3,7 @@
 Secrets never live here: an endpoint names the environment variable that holds its key
 (`api_key_env`), and the key is read only when the client is built. A `.env` file in the working
 directory is honoured (it never overrides variables already set), as the earlier scripts' users expect.
-
-Model names resolve, in order: `local` / `local:PATH.gguf`; `hf:DIR` / `hf:DIR+ADAPTER`; an alias under `models:`; a prefix
-`argo:ID`, `anthropic:ID`, `openai:ID`; the configured `default_endpoint`; `--base-url`.
+Which client serves a model name is `llm.providers`' business.
 """
 
 from __future__ import annotations
@@ -15,9 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from synthtrace.types import Struct
+from synthtrace.registry import PROVIDERS
 
-ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
 CONFIG_SEARCH = ("synthtrace.yaml", "synthtrace.yml", "~/.config/synthtrace/config.yaml")
 
 
@@ -37,7 +34,7 @@ class Endpoint:
 
     __pydantic_config__ = _STRICT_KEYS
 
-    kind: Literal["openai", "anthropic", "argo", "local", "hf"] = "openai"
+    kind: str = "openai"  # a provider kind: openai, anthropic, argo, local, hf, or a plugin's
     base_url: str | None = None
     api_key_env: str | None = None  # name of the environment variable holding the key
     user_env: str | None = None  # Argo: variable holding the user name (default ARGO_USER)
@@ -99,24 +96,6 @@ class Config:
     source: str | None = None  # where it was read from (set by load_config)
 
 
-class ResolvedModel(Struct):
-    """A model name as the user wrote it, bound to an endpoint and the provider's id."""
-
-    __slots__ = ("alias", "endpoint_name", "endpoint", "model", "params")
-
-    def __init__(self, alias: str, endpoint_name: str, endpoint: Endpoint, model: str, params: dict[str, Any]):
-        self.alias = alias
-        self.endpoint_name = endpoint_name
-        self.endpoint = endpoint
-        self.model = model
-        self.params = params
-
-    @property
-    def is_local(self) -> bool:
-        """In this process (llama.cpp or transformers): free, and seeded per sample."""
-        return self.endpoint.kind in ("local", "hf")
-
-
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Honour a `.env` file in the working directory without overriding the real environment."""
     if Path(path).is_file():
@@ -153,6 +132,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         for name, alias in cfg.models.items():
             if alias.endpoint not in cfg.endpoints:
                 raise ConfigError(f"{p}: models.{name}: unknown endpoint {alias.endpoint!r}")
+        for name, ep in cfg.endpoints.items():
+            if ep.kind not in PROVIDERS:
+                raise ConfigError(f"{p}: endpoints.{name}.kind: {PROVIDERS.unknown(ep.kind)}")
         return cfg
     return Config()
 
@@ -164,46 +146,6 @@ def with_cli_endpoint(cfg: Config, base_url: str | None, api_key_env: str | None
     env = api_key_env or next((v for v in ("SYNTHTRACE_API_KEY", "OPENAI_API_KEY") if os.environ.get(v)), None)
     endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=base_url, api_key_env=env)}
     return replace(cfg, endpoints=endpoints, default_endpoint="cli")
-
-
-_BUILTIN = {
-    "openai": lambda: Endpoint(kind="openai", base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                               api_key_env="OPENAI_API_KEY"),
-    "anthropic": lambda: Endpoint(kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY"),
-    "argo": lambda: Endpoint(kind="argo", base_url=os.environ.get("ARGO_BASE_URL", ARGO_CHAT_URL), user_env="ARGO_USER"),
-}
-
-
-def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
-    """Bind a model name to an endpoint; `None` means the configured default or the embedded model."""
-    name = name or cfg.default_model or "local"
-    if name == "local" or name.startswith("local:"):
-        path = name.partition(":")[2] or None
-        ep = cfg.endpoints.get("local") or Endpoint(kind="local")
-        if path:
-            ep = replace(ep, model_path=path)
-        return ResolvedModel(name, "local", ep, path or ep.model_path or "smollm2-135m-instruct", {})
-    if name.startswith("hf:"):
-        spec = name.partition(":")[2]
-        if not spec:
-            raise ConfigError("hf: needs a model directory: hf:DIR or hf:DIR+ADAPTER_DIR")
-        ep = replace(cfg.endpoints.get("hf") or Endpoint(kind="hf"), kind="hf", model_path=spec)
-        return ResolvedModel(name, name, ep, spec, {})  # one endpoint (and loaded model) per spec
-    if name in cfg.models:
-        alias = cfg.models[name]
-        return ResolvedModel(name, alias.endpoint, cfg.endpoints[alias.endpoint], alias.model, dict(alias.params))
-    prefix, sep, rest = name.partition(":")
-    if sep and prefix in _BUILTIN:
-        ep = cfg.endpoints.get(prefix) or _BUILTIN[prefix]()
-        return ResolvedModel(name, prefix, ep, rest, {})
-    if cfg.default_endpoint:
-        if cfg.default_endpoint not in cfg.endpoints:
-            raise ConfigError(f"default_endpoint {cfg.default_endpoint!r} is not among the endpoints")
-        return ResolvedModel(name, cfg.default_endpoint, cfg.endpoints[cfg.default_endpoint], name, {})
-    raise ConfigError(
-        f"no endpoint for model {name!r}: give --base-url URL, define it under `models:` in a config "
-        f"file, write it as openai:{name} / anthropic:{name} / argo:{name}, or use `local`"
-    )
 
 
 def secret(env_name: str | None) -> str | None:

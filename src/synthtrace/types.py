@@ -1,7 +1,12 @@
 """Plain data shared by every layer: what a model is asked, what it answers, and how it fails.
 
 Nothing here does I/O. Clients turn a `ChatRequest` into a `ChatResult`; the gateway journals the
-result; recipes read `text`, `reasoning` and `parsed`. Provider failures are exceptions, never text.
+result and hands a recipe a `Reply` (`text`, `reasoning`, `parsed`). Provider failures are
+exceptions, never text.
+
+The rule for plain records: a class that `synthtrace run` builds before its first request is a
+`Struct` (a dataclass compiles code when its module is imported); every other record, and every
+class pydantic validates or a user declares, is a dataclass.
 """
 
 from __future__ import annotations
@@ -12,14 +17,8 @@ Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str
 
 
 class Struct:
-    """Base of the small record classes that `synthtrace run` imports before its first request.
-
-    They were dataclasses, and a dataclass compiles generated source for its methods when its module
-    is imported: 0.5–1.3 ms a class on the development machine, 14.5 ms for the twenty on that path,
-    an eighth of its import time. A Struct lists its fields in `__slots__` (in order) and writes its
-    own `__init__`; repr, equality and `as_dict` come from here. (The config classes that pydantic
-    validates a config file against stay dataclasses.)
-    """
+    """Base of the small record classes on the run's start-up path: fields in `__slots__` (in order),
+    an `__init__` written out, and repr, equality and `as_dict` from here."""
 
     __slots__ = ()
 
@@ -125,6 +124,35 @@ class ChatResult(Struct):
         )
 
 
+class Reply(Struct):
+    """A model's answer as a recipe sees it."""
+
+    __slots__ = ("text", "reasoning", "parsed", "model", "provider_model", "key", "cached", "attempts",
+                 "prompt_tokens", "completion_tokens", "cost_usd", "finish_reason")
+
+    def __init__(self, text: str, reasoning: str | None, parsed: Any, model: str, provider_model: str, key: str,
+                 cached: bool, attempts: int, prompt_tokens: int, completion_tokens: int, cost_usd: float,
+                 finish_reason: str | None):
+        self.text = text
+        self.reasoning = reasoning
+        self.parsed = parsed  # the validated structured output (pydantic instance or dict), when a schema was given
+        self.model = model  # alias as the recipe asked
+        self.provider_model = provider_model
+        self.key = key
+        self.cached = cached
+        self.attempts = attempts
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.cost_usd = cost_usd
+        self.finish_reason = finish_reason
+
+    def call_record(self) -> dict[str, Any]:
+        """What a row's provenance keeps about this call."""
+        return {"model": self.model, "provider_model": self.provider_model, "key": self.key, "cached": self.cached,
+                "attempts": self.attempts, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 8)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Failures. Clients raise these; the gateway decides what is retried.
 
@@ -155,13 +183,22 @@ class FatalError(LLMError):
         self.run_level = run_level or status in (401, 403)
 
 
-class BudgetExceeded(LLMError):
+class RunStopped(Exception):
+    """The run cannot go on: no record could get past this. Not an `LLMError`, so a recipe that
+    handles model failures (`except LLMError`) passes it on to the runner, which stops the run and
+    leaves the unfinished records for the next one."""
+
+
+class BudgetExceeded(RunStopped):
     """The run's --max-usd would be passed by this call; nothing was sent."""
 
 
-def stops_run(e: BaseException) -> bool:
-    """Errors a recipe must pass on to the runner: the budget, or a failure no record can get past."""
-    return isinstance(e, BudgetExceeded) or (isinstance(e, FatalError) and e.run_level)
+class EndpointRefused(RunStopped):
+    """An endpoint refused the run as a whole (a bad or missing key, 401/403): nothing more is sent."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class StructuredOutputError(LLMError):
@@ -173,19 +210,39 @@ class StructuredOutputError(LLMError):
 
 
 class Rejected(Exception):
-    """A recipe gives up on a record: `reason` goes to rejected.jsonl with `details`."""
+    """A recipe gives up on a record, or on part of one: `reason` goes to rejected.jsonl with `details`.
 
-    def __init__(self, reason: str, **details: Any):
+        raise Rejected("no answer matched the reference", tried=4)
+
+    `part` names the part given up on (one sample, one question of a passage) when the record
+    keeps other rows; see `RecordOutcome`.
+    """
+
+    def __init__(self, reason: str, *, part: str | None = None, **details: Any):
         super().__init__(reason)
         self.reason = reason
+        self.part = part
         self.details = details
+
+    def to_entry(self) -> dict[str, Any]:
+        """The rejected.jsonl fields it adds to its record's (`part`, `reason`, the details)."""
+        head: dict[str, Any] = {"part": self.part} if self.part is not None else {}
+        return {**head, "reason": self.reason, **self.details}
+
+    @classmethod
+    def of(cls, error: LLMError, part: str | None = None) -> Rejected:
+        """A model failure (after its retries, or an answer that never fit its schema) as a rejection."""
+        return cls(str(error), part=part, error=type(error).__name__)
 
 
 class RecordOutcome(Struct):
-    """What a recipe made of one record: rows, and the parts it had to give up on (with reasons)."""
+    """What a recipe made of one record: the rows it keeps, and the parts it gave up on.
+
+        return RecordOutcome(rows, [Rejected("judge score 4 < 7", part=f"{record.id}/t1", score=4)])
+    """
 
     __slots__ = ("rows", "rejected")
 
-    def __init__(self, rows: list[dict[str, Any]], rejected: list[dict[str, Any]] | None = None):
+    def __init__(self, rows: list[dict[str, Any]], rejected: list[Rejected] | None = None):
         self.rows = rows
         self.rejected = [] if rejected is None else rejected

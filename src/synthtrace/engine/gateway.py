@@ -17,18 +17,21 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from synthtrace.config import Config, ResolvedModel, resolve_model, secret
+from synthtrace.config import Config
 from synthtrace.engine.cost import Budget, PriceTable
 from synthtrace.engine.journal import Journal, request_key
 from synthtrace.engine.limiter import Limiter
 from synthtrace.llm.base import Client
+from synthtrace.llm.providers import ResolvedModel, build_client, resolve_model
 from synthtrace.types import (
     BudgetExceeded,
     ChatRequest,
     ChatResult,
+    EndpointRefused,
     FatalError,
     Message,
     RateLimited,
+    Reply,
     RetryableError,
     Struct,
     StructuredOutputError,
@@ -43,35 +46,6 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 DEFAULT_COMPLETION_GUESS = 512
 SPORADIC_FAILURE_RATE = 0.25
-
-
-class Reply(Struct):
-    """A model's answer as a recipe sees it."""
-
-    __slots__ = ("text", "reasoning", "parsed", "model", "provider_model", "key", "cached", "attempts",
-                 "prompt_tokens", "completion_tokens", "cost_usd", "finish_reason")
-
-    def __init__(self, text: str, reasoning: str | None, parsed: Any, model: str, provider_model: str, key: str,
-                 cached: bool, attempts: int, prompt_tokens: int, completion_tokens: int, cost_usd: float,
-                 finish_reason: str | None):
-        self.text = text
-        self.reasoning = reasoning
-        self.parsed = parsed  # the validated structured output (pydantic instance or dict), when a schema was given
-        self.model = model  # alias as the recipe asked
-        self.provider_model = provider_model
-        self.key = key
-        self.cached = cached
-        self.attempts = attempts
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-        self.cost_usd = cost_usd
-        self.finish_reason = finish_reason
-
-    def call_record(self) -> dict[str, Any]:
-        """What a row's provenance keeps about this call."""
-        return {"model": self.model, "provider_model": self.provider_model, "key": self.key, "cached": self.cached,
-                "attempts": self.attempts, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 8)}
 
 
 class GatewayStats(Struct):
@@ -95,49 +69,18 @@ class GatewayStats(Struct):
 class _Endpoint(Struct):
     """A built client with its limiter and health."""
 
-    __slots__ = ("name", "client", "limiter", "refused", "failure_rate")
+    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local")
 
     def __init__(self, name: str, client: Client, limiter: Limiter):
         self.name = name
         self.client = client
         self.limiter = limiter
-        self.refused: FatalError | None = None  # a run-level refusal (bad key): nothing more is sent here
+        self.local = bool(getattr(client, "in_process", False))  # free, and seeded per sample
+        self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
         self.failure_rate = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
 
     def observe(self, failed: bool) -> None:
         self.failure_rate += ((1.0 if failed else 0.0) - self.failure_rate) * 0.02
-
-
-def build_client(name: str, resolved: ResolvedModel) -> Client:
-    """A client for an endpoint; keys are read from the environment here and nowhere else."""
-    ep = resolved.endpoint
-    if ep.kind == "local":
-        from synthtrace.llm.local import LocalClient  # imported lazily: llama.cpp is an optional extra
-
-        return LocalClient(model_path=ep.model_path, n_ctx=ep.n_ctx, max_concurrency=ep.concurrency or 1)
-    if ep.kind == "hf":
-        from synthtrace.llm.hf import HFClient  # imported lazily: transformers is an optional extra
-
-        if not ep.model_path:
-            raise FatalError(f"endpoint {name!r}: kind hf needs model_path (DIR or DIR+ADAPTER_DIR)", run_level=True)
-        return HFClient(ep.model_path, name=name)
-    if not ep.base_url:
-        raise FatalError(f"endpoint {name!r} has no base_url", run_level=True)
-    key = secret(ep.api_key_env)
-    if ep.api_key_env and not key:
-        raise FatalError(f"endpoint {name!r}: environment variable {ep.api_key_env} is not set", run_level=True)
-    if ep.kind == "anthropic":
-        from synthtrace.llm.anthropic import AnthropicClient
-
-        return AnthropicClient(ep.base_url, key, name=name, timeout=ep.timeout)
-    if ep.kind == "argo":
-        from synthtrace.llm.argo import ArgoClient
-
-        return ArgoClient(ep.base_url, secret(ep.user_env or "ARGO_USER"), name=name, timeout=ep.timeout, api_key=key)
-    from synthtrace.llm.openai import OpenAIClient
-
-    return OpenAIClient(ep.base_url, key, name=name, structured=ep.structured, timeout=ep.timeout,
-                        extra_headers=ep.headers)
 
 
 class Gateway:
@@ -258,7 +201,7 @@ class Gateway:
 
     async def _send(self, ep: _Endpoint, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
                     spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, int]:
-        local = r.is_local
+        local = ep.local
         prompt_est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
         while True:
             completion_est = int(params.get("max_tokens")
@@ -315,7 +258,8 @@ class Gateway:
                     ep.limiter.release()
                     self.stats.failures += 1
                     if isinstance(e, FatalError) and e.run_level:
-                        ep.refused = e
+                        ep.refused = EndpointRefused(str(e), e.status)
+                        raise ep.refused from e
                     raise
                 ep.limiter.release()
                 ep.observe(False)

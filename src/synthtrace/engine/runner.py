@@ -19,53 +19,29 @@ from pathlib import Path
 from typing import Any
 
 from synthtrace import __version__
-from synthtrace.config import Config, resolve_model
+from synthtrace.config import Config
 from synthtrace.console import LazyConsole, escape
-from synthtrace.engine.cost import Budget, PriceTable
+from synthtrace.engine.cost import Budget
 from synthtrace.engine.gateway import Gateway, RecordLLM
-from synthtrace.engine.inputs import BadInput, Record
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
+from synthtrace.engine.settings import RunSettings
 from synthtrace.engine.store import IdIndex, RunStore
-from synthtrace.recipes import Recipe
-from synthtrace.types import BudgetExceeded, FatalError, LLMError, RecordOutcome, Rejected, Struct
+from synthtrace.inputs import BadInput, Record
+from synthtrace.options import as_dict
+from synthtrace.recipe import Recipe, recipe_reference
+from synthtrace.types import BudgetExceeded, LLMError, RecordOutcome, Rejected, RunStopped, Struct
+
+__all__ = ["RunResult", "RunSettings", "run_recipe"]
 
 log = logging.getLogger("synthtrace")
-
-
-class RunSettings(Struct):
-    """What one `synthtrace run` was asked to do."""
-
-    __slots__ = ("input", "output", "model", "max_records", "fresh", "strict", "quiet", "max_usd", "concurrency",
-                 "rpm", "tpm", "journal", "publish")
-
-    def __init__(self, input: Path, output: Path, model: str | None = None, max_records: int | None = None,
-                 fresh: bool = False, strict: bool = False, quiet: bool = False, max_usd: float | None = None,
-                 concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
-                 journal: Path | None = None, publish: Callable[[Path, str], Any] | None = None):
-        self.input = input
-        self.output = output
-        self.model = model
-        self.max_records = max_records
-        self.fresh = fresh
-        self.strict = strict
-        self.quiet = quiet
-        self.max_usd = max_usd
-        self.concurrency = concurrency
-        self.rpm = rpm
-        self.tpm = tpm
-        self.journal = journal  # default: OUTDIR/journal.db
-        # Called with (rows.jsonl, status) while rows arrive (at most every PUBLISH_EVERY_S, and never more
-        # than a tenth of the time) and once at the end: how a recipe keeps a file of its own in step with
-        # the run.
-        self.publish = publish
 
 
 class RunResult(Struct):
     """How a run ended, with its counts, for the summary and the manifest."""
 
     __slots__ = ("status", "records_done", "records_skipped", "records_rejected", "rows_written", "bad_input",
-                 "elapsed_s", "stats", "recipe", "messages")
+                 "elapsed_s", "stats", "recipe", "messages", "paths")
 
     def __init__(self, status: str, bad_input: int = 0, messages: list[str] | None = None):
         self.status = status  # complete | budget | interrupted | invalid-input | error
@@ -78,6 +54,16 @@ class RunResult(Struct):
         self.stats: dict[str, Any] = {}
         self.recipe: dict[str, Any] = {}
         self.messages = [] if messages is None else messages
+        self.paths: dict[str, Path] = {}  # rows, rejected, manifest, journal, and any file the recipe keeps
+
+    @property
+    def cost_usd(self) -> float:
+        """What this invocation paid (calls replayed from the journal cost nothing)."""
+        return float(self.stats.get("cost_usd", 0.0))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
 
 
 PUBLISH_EVERY_S = 2.0
@@ -162,39 +148,33 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             llm = RecordLLM(gateway)
             try:
                 rows = await recipe.process(record, llm)
-            except BudgetExceeded as e:
+            except RunStopped as e:  # no record can get past this: stop, leave them all for the next run
                 if not stop.is_set():
-                    result.messages.append(f"stopped before the budget was passed: {e}")
+                    budget = isinstance(e, BudgetExceeded)
+                    result.messages.append(f"stopped before the budget was passed: {e}" if budget else f"stopped: {e}")
+                    result.status = "budget" if budget else "error"
                 stop.set()
-                result.status = "budget"
                 continue
             except Rejected as e:
-                _reject_record(reject, record, e.reason, llm, e.details)
+                _reject_record(reject, record, e, llm)
                 result.records_rejected += 1
                 progress.advance(rejected=True)
                 continue
             except LLMError as e:
-                if isinstance(e, FatalError) and e.run_level:
-                    if not stop.is_set():  # no record can succeed: stop, leave them all for the next run
-                        result.messages.append(f"stopped: {e}")
-                    stop.set()
-                    result.status = "error"
-                    continue
-                _reject_record(reject, record, str(e), llm, {"error": e.__class__.__name__})
+                _reject_record(reject, record, Rejected.of(e), llm)
                 result.records_rejected += 1
                 progress.advance(rejected=True)
                 continue
             except Exception as e:  # a recipe bug must not take the run down with it
                 log.debug("recipe error", exc_info=True)
-                _reject_record(reject, record, f"internal error: {e.__class__.__name__}: {e}", llm,
-                               {"traceback": traceback.format_exc(limit=5)})
+                _reject_record(reject, record, Rejected(f"internal error: {e.__class__.__name__}: {e}",
+                                                        traceback=traceback.format_exc(limit=5)), llm)
                 result.records_rejected += 1
                 progress.advance(rejected=True)
                 continue
             if isinstance(rows, RecordOutcome):
                 for part in rows.rejected:
-                    reject({"id": record.id, "record_id": record.id, "source": record.source, "line": record.line,
-                            **part}, f"{record.source}:{record.line}: {part.get('note_id') or part.get('trace_id') or record.id}: {part['reason']}")
+                    _reject_part(reject, record, part)
                 rows = rows.rows
             if not rows:
                 result.records_rejected += 1
@@ -228,6 +208,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         result.rows_written = store.rows_written
         result.stats = _stats(gateway)
         result.recipe = recipe.summary()
+        result.paths = {"rows": store.rows_path, "rejected": store.rejected_path, "manifest": store.manifest_path,
+                        "journal": settings.journal or store.journal_path, **settings.outputs}
         if gateway.prices.unpriced:
             result.messages.append("no price known for " + ", ".join(sorted(gateway.prices.unpriced)) +
                                    ": their cost counts as 0 (add them under `prices:` in the config)")
@@ -276,10 +258,17 @@ def _input_problems(recipe: Recipe, path: Path) -> list[BadInput]:
     return problems
 
 
-def _reject_record(reject: Any, record: Record, reason: str, llm: RecordLLM, details: dict[str, Any]) -> None:
-    entry = {"id": record.id, "record_id": record.id, "reason": reason, "source": record.source, "line": record.line,
-             "calls": llm.calls, **details}
-    reject(entry, f"{record.source}:{record.line}: {record.id}: {reason}")
+def _reject_record(reject: Any, record: Record, e: Rejected, llm: RecordLLM) -> None:
+    entry = {"id": record.id, "record_id": record.id, "source": record.source, "line": record.line,
+             "calls": llm.calls, **e.to_entry()}
+    reject(entry, f"{record.source}:{record.line}: {e.part or record.id}: {e.reason}")
+
+
+def _reject_part(reject: Any, record: Record, part: Rejected) -> None:
+    if not isinstance(part, Rejected):
+        raise TypeError(f"RecordOutcome.rejected holds Rejected(reason, part=…, **details), got {part!r}")
+    entry = {"id": record.id, "record_id": record.id, "source": record.source, "line": record.line, **part.to_entry()}
+    reject(entry, f"{record.source}:{record.line}: {part.part or record.id}: {part.reason}")
 
 
 def _provenance(recipe: Recipe, record: Record, llm: RecordLLM, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -307,27 +296,7 @@ def _manifest(recipe: Recipe, settings: RunSettings, config: Config, gateway: Ga
                  "base_url": r.endpoint.base_url}
     except Exception as e:  # resolution errors surface on the first call, with the record they hit
         model = {"alias": settings.model, "error": str(e)}
-    return {"synthtrace": __version__, "recipe": recipe.name, "prompt_version": recipe.prompt_version,
-            "status": status, "started": time.time(), "argv": sys.argv[1:], "input": str(settings.input),
-            "model": model, "config": config.source,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.as_dict().items()}}
-
-
-def dry_run(recipe: Recipe, settings: RunSettings, config: Config) -> dict[str, Any]:
-    """What the run would cost, from the input alone: nothing is sent, nothing is written."""
-    records = bad = calls = prompt = completion = 0
-    for item in recipe.records(settings.input):
-        if settings.max_records is not None and records + bad >= settings.max_records:
-            break
-        if isinstance(item, BadInput):
-            bad += 1
-            continue
-        records += 1
-        c, p, o = recipe.estimate(item)
-        calls, prompt, completion = calls + c, prompt + p, completion + o
-    r = resolve_model(config, settings.model)
-    prices = PriceTable(config.prices)
-    cost = prices.cost(r.model, prompt, completion, local=r.is_local)
-    return {"records": records, "bad_input": bad, "calls": calls, "prompt_tokens": prompt,
-            "completion_tokens": completion, "model": r.alias, "provider_model": r.model,
-            "cost_usd": round(cost, 4), "priced": r.is_local or prices.lookup(r.model) is not None}
+    return {"synthtrace": __version__, "recipe": recipe.name, "recipe_ref": recipe_reference(type(recipe)),
+            "prompt_version": recipe.prompt_version, "options": as_dict(recipe.options), "status": status,
+            "started": time.time(), "argv": sys.argv[1:], "input": str(settings.input), "model": model,
+            "config": config.source, "settings": settings.manifest()}

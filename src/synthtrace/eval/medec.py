@@ -45,11 +45,11 @@ from typing import Any
 
 import orjson
 
-from synthtrace.engine.gateway import RecordLLM
-from synthtrace.engine.inputs import BadInput, Record, read_jsonl
 from synthtrace.engine.store import MANIFEST, ROWS, write_atomic
+from synthtrace.inputs import BadInput, Record, read_jsonl
+from synthtrace.options import option
 from synthtrace.quality.similarity import rouge1_f
-from synthtrace.recipes import Recipe
+from synthtrace.recipe import LLM, Recipe
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import ERROR_TYPES, MedecCase, read_cases
 
@@ -77,10 +77,15 @@ class MedecEvalRecipe(Recipe):
     name = "medec-eval"
     prompt_version = P.PROMPT_VERSION
 
-    def __init__(self, max_tokens: int = 4096, temperature: float | None = 0.0, explain_format: bool = False):
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.explain_format = explain_format
+    @dataclass(frozen=True)
+    class Options:
+        max_tokens: int = option(4096, "Answer budget per note, reasoning included.", min=16)
+        temperature: float = option(0.0, "Sampling temperature (0: greedy).", min=0)
+        explain_format: bool = option(False, "Append the answer format to the task prompt, for models not trained "
+                                             "on it (baselines). Use a fresh output dir when changing it.")
+
+    def __init__(self, options: Any = None, /, **values: Any):
+        super().__init__(options, **values)
         self._answers: Counter[str] = Counter()
 
     def records(self, path: Path) -> Iterator[Record | BadInput]:
@@ -91,17 +96,18 @@ class MedecEvalRecipe(Recipe):
 
     def messages(self, case: MedecCase) -> list[dict[str, str]]:
         messages = P.critic_messages(note_sentences(case))
-        if self.explain_format:
+        if self.options.explain_format:
             messages[1]["content"] += f"\n\n{P.ANSWER_FORMAT}"
         return messages
 
     def estimate(self, record: Record) -> tuple[int, int, int]:
         chars = sum(len(m["content"]) for m in self.messages(MedecCase.from_data(record.data)))
-        return 1, chars // 4 + 1, self.max_tokens
+        return 1, chars // 4 + 1, self.options.max_tokens
 
-    async def process(self, record: Record, llm: RecordLLM) -> list[dict[str, Any]]:
+    async def process(self, record: Record, llm: LLM) -> list[dict[str, Any]]:
         case = MedecCase.from_data(record.data)
-        reply = await llm.chat(self.messages(case), temperature=self.temperature, max_tokens=self.max_tokens)
+        reply = await llm.chat(self.messages(case), temperature=self.options.temperature,
+                               max_tokens=self.options.max_tokens)
         verdict = P.parse_verdict(reply.text)
         self._answers["parsed" if verdict else "unparseable"] += 1
         ref = Reference.of(case)

@@ -1,7 +1,8 @@
 """The SFT exporter: a run's rows.jsonl → chat-format training files, split by source.
 
-Rows are streamed one at a time; each goes through its recipe's adapter (`adapters.py`), the
-checks every format needs, and the split, then out to the train or the validation file. The split
+Rows are streamed one at a time; each becomes a training example through its recipe's `to_sft`
+(the recipe named in `provenance.recipe`, found through the run's manifest or the registry), then
+the checks every format needs, and the split, then out to the train or the validation file. The split
 is decided per example from its group alone — `sha256(f"{seed}:{group}")` as a number in [0, 1),
 validation when below `val_fraction` — so it needs no second pass, is the same on every run, and
 keeps every example of one source note on the same side.
@@ -25,9 +26,11 @@ from typing import IO, Any
 
 import orjson
 
-from synthtrace.engine.inputs import BadInput, read_jsonl
+from synthtrace.engine.store import MANIFEST
 from synthtrace.export import FORMATS
-from synthtrace.export.adapters import ADAPTERS, ChatExample
+from synthtrace.inputs import BadInput, read_jsonl, record_id
+from synthtrace.options import OptionError
+from synthtrace.recipe import ChatExample, Recipe, RecipeNotFound, load_recipe
 
 ROWS = "rows.jsonl"
 # Text that would end a turn early or open a second think block once rendered.
@@ -48,6 +51,7 @@ class ExportOptions:
     include_unverified: bool = False
     include_hinted: bool = True
     with_metadata: bool = True
+    recipe: str | None = None  # the recipe of the run's rows, when its manifest cannot say (a moved file)
 
 
 @dataclass(slots=True)
@@ -136,6 +140,7 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
         if target.resolve() == rows_path.resolve():
             raise ExportError(f"refusing to write over the rows themselves: {target}")
     result = ExportResult(rows_path, out, val_path)
+    recipes = RunRecipes(rows_path, options.recipe, result.warnings)
     if val_path is None and val_path_for(out).exists():
         result.warnings.append(f"{val_path_for(out)} is from an earlier export (this one writes no validation "
                                "file); it may share sources with the new training file")
@@ -156,7 +161,7 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
                 continue
             result.rows_read += 1
             _, row = item
-            example = _example(row, options)
+            example = _example(row, options, recipes)
             if isinstance(example, str):
                 result.skipped[example] += 1
                 continue
@@ -184,21 +189,71 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
     return result
 
 
-def _example(row: dict[str, Any], options: ExportOptions) -> ChatExample | str:
+class RunRecipes:
+    """The recipe behind each row's `provenance.recipe`, loaded once per name: the run's own (from its
+    manifest: where it lives and the options it ran with), else a registered recipe of that name."""
+
+    def __init__(self, rows_path: Path, override: str | None, warnings: list[str]):
+        self.warnings = warnings
+        self._recipes: dict[str, Recipe | str] = {}
+        self._manifest: dict[str, Any] = {}
+        manifest = rows_path.parent / MANIFEST
+        if manifest.is_file():
+            try:
+                self._manifest = orjson.loads(manifest.read_bytes())
+            except orjson.JSONDecodeError:
+                warnings.append(f"{manifest}: unreadable; recipes are looked up by name")
+        self._override = override
+
+    def get(self, name: str) -> Recipe | str:
+        """The recipe, or why there is none (a skip reason)."""
+        found = self._recipes.get(name)
+        if found is None:
+            found = self._recipes[name] = self._load(name)
+        return found
+
+    def _load(self, name: str) -> Recipe | str:
+        own = self._manifest.get("recipe") == name
+        ref = self._override or (self._manifest.get("recipe_ref") if own else None) or name
+        try:
+            cls = load_recipe(ref)
+        except RecipeNotFound as e:
+            self.warnings.append(f"rows of recipe {name!r} skipped: {e}" +
+                                 ("" if self._override else " (--recipe REF names where it is)"))
+            return f"unknown recipe {name!r}"
+        options = self._manifest.get("options") if own and isinstance(self._manifest.get("options"), dict) else {}
+        try:
+            return cls(**options)
+        except OptionError as e:
+            self.warnings.append(f"recipe {name!r}: the run's options do not fit it now ({e}); "
+                                 "exported with its defaults")
+            return cls()
+
+
+def _example(row: dict[str, Any], options: ExportOptions, recipes: RunRecipes) -> ChatExample | str:
     """The row as an example, or why it is skipped."""
     prov = row.get("provenance")
-    recipe = prov.get("recipe") if isinstance(prov, dict) else None
-    if not isinstance(recipe, str) or not recipe:
+    name = prov.get("recipe") if isinstance(prov, dict) else None
+    if not isinstance(name, str) or not name:
         return "row without provenance.recipe"
-    adapter = ADAPTERS.get(recipe)
-    if adapter is None:
-        return f"no exporter for recipe {recipe!r}"
     if row.get("verified") is False and not options.include_unverified:
         return "unverified (--include-unverified keeps it)"
     if row.get("hinted") is True and not options.include_hinted:
         return "hinted (--no-include-hinted drops it)"
-    example = adapter(row)
+    recipe = recipes.get(name)
+    if isinstance(recipe, str):
+        return recipe
+    example = recipe.to_sft(row)
+    if example is None:
+        return f"skipped by recipe {name!r}"
     if isinstance(example, str):
         return example
-    example.reasoning, example.answer = example.reasoning.strip(), example.answer.strip()
+    if not isinstance(example, ChatExample):
+        return f"recipe {name!r}: to_sft gave {type(example).__name__}, not a ChatExample"
+    example.reasoning, example.answer = (example.reasoning or "").strip(), (example.answer or "").strip()
+    example.group = example.group or record_id(prov.get("record_id")) or record_id(row.get("id")) or ""
+    if not example.group:
+        return "row without provenance.record_id or id"
+    example.kind = example.kind or name
+    example.meta = {"recipe": name, "group": example.group, **example.meta}
     return check(example) or example

@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from synthtrace.llm.base import HTTPClient, malformed
+from synthtrace.config import Endpoint
+from synthtrace.llm.base import HTTPClient, malformed, url_and_key
 from synthtrace.llm.reasoning import join_reasoning, split_think
 from synthtrace.types import ChatRequest, ChatResult, Usage
 
@@ -31,6 +32,16 @@ class AnthropicClient(HTTPClient):
         self.name = name
         base = self.base_url
         self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> AnthropicClient:
+        url, key = url_and_key(name, endpoint)
+        return cls(url, key, name=name, timeout=endpoint.timeout)
+
+    @staticmethod
+    def default_endpoint() -> Endpoint:
+        """The endpoint behind `anthropic:MODEL`."""
+        return Endpoint(kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY")
 
     def build_payload(self, req: ChatRequest) -> dict[str, Any]:
         system = [m["content"] for m in req.messages if m["role"] == "system"]

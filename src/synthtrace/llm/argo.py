@@ -7,13 +7,16 @@ estimated (about four characters a token) and marked `estimated`.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
-from synthtrace.llm.base import HTTPClient, malformed
+from synthtrace.config import Endpoint, secret
+from synthtrace.llm.base import HTTPClient, malformed, url_and_key
 from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
 
+ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(gpt4|gpto|o\d)", re.IGNORECASE)
 
 
@@ -29,6 +32,16 @@ class ArgoClient(HTTPClient):
         self.name = name
         self.user = user
         self._url = base_url  # Argo's chat URL is used exactly as configured (it wants its trailing slash)
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> ArgoClient:
+        url, key = url_and_key(name, endpoint)
+        return cls(url, secret(endpoint.user_env or "ARGO_USER"), name=name, timeout=endpoint.timeout, api_key=key)
+
+    @staticmethod
+    def default_endpoint() -> Endpoint:
+        """The endpoint behind `argo:MODEL`."""
+        return Endpoint(kind="argo", base_url=os.environ.get("ARGO_BASE_URL", ARGO_CHAT_URL), user_env="ARGO_USER")
 
     def build_payload(self, req: ChatRequest) -> dict[str, Any]:
         if not self.user:

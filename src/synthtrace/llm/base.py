@@ -4,6 +4,9 @@ A client turns a `ChatRequest` into a `ChatResult` or raises one of the errors i
 nothing of rows, caches or limits: the gateway wraps it. Remote clients post JSON through the lean
 pooled client in `llm.http` and parse with orjson; that pair costs a small fraction of the CPU an
 SDK (or even a bare aiohttp loop) spends per request.
+
+A provider is one class with `from_endpoint(name, endpoint)`, registered under its endpoint kind
+(`synthtrace.registry.BUILTIN_PROVIDERS`, or an entry point in the `synthtrace.providers` group).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from synthtrace.config import Endpoint, secret
 from synthtrace.llm.http import ConnectionPool, HTTPError, Timeout
-from synthtrace.types import ChatRequest, ChatResult, FatalError, RateLimited, RetryableError
+from synthtrace.types import ChatRequest, ChatResult, EndpointRefused, FatalError, RateLimited, RetryableError
 
 
 class Client(Protocol):
@@ -23,10 +27,26 @@ class Client(Protocol):
     name: str  # endpoint name, for messages and provenance
     native_schema: bool  # True when the backend enforces a JSON schema itself
     max_concurrency: int | None  # a hard cap the backend imposes (the local model: 1), else None
+    in_process: bool  # runs on this machine: free, and seeded per sample
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> Client:
+        """The client for a configured endpoint; keys are read from the environment here."""
+        ...
 
     async def chat(self, req: ChatRequest) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def url_and_key(name: str, endpoint: Endpoint) -> tuple[str, str | None]:
+    """An HTTP endpoint's base URL and key, read from the variable it names (here and nowhere else)."""
+    if not endpoint.base_url:
+        raise EndpointRefused(f"endpoint {name!r} has no base_url")
+    key = secret(endpoint.api_key_env)
+    if endpoint.api_key_env and not key:
+        raise EndpointRefused(f"endpoint {name!r}: environment variable {endpoint.api_key_env} is not set")
+    return endpoint.base_url, key
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -72,6 +92,7 @@ class HTTPClient:
     name = "http"
     native_schema = False
     max_concurrency: int | None = None
+    in_process = False
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout: float = 600.0,
                  connect_timeout: float = 30.0):

@@ -23,8 +23,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from synthtrace.config import Endpoint
 from synthtrace.llm.reasoning import split_think
-from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage, content_text
+from synthtrace.types import ChatRequest, ChatResult, EndpointRefused, FatalError, Usage, content_text
 
 INSTALL_HINT = "pip install 'synthtrace[train]'"
 DEFAULT_MAX_TOKENS = 512
@@ -43,6 +44,13 @@ class HFClient:
 
     native_schema = False
     max_concurrency: int | None = 1
+    in_process = True
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> HFClient:
+        if not endpoint.model_path:
+            raise EndpointRefused(f"endpoint {name!r}: kind hf needs model_path (DIR or DIR+ADAPTER_DIR)")
+        return cls(endpoint.model_path, name=name)
 
     def __init__(self, spec: str, name: str = "hf", device: str | None = None, seed: int = 0):
         self.spec = spec

@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from synthtrace.config import Endpoint
 from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, RetryableError, Usage, content_text
 
@@ -181,6 +182,7 @@ class LocalClient:
 
     name = "local"
     native_schema = True
+    in_process = True
 
     def __init__(self, model_path: str | None = None, n_ctx: int = 4096, n_threads: int | None = None,
                  max_concurrency: int = 1, seed: int = 0, verbose: bool = False):
@@ -193,6 +195,10 @@ class LocalClient:
         self.seed = seed
         self.verbose = verbose
         self._pool: _ModelPool | None = None
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> LocalClient:
+        return cls(model_path=endpoint.model_path, n_ctx=endpoint.n_ctx, max_concurrency=endpoint.concurrency or 1)
 
     @property
     def model_name(self) -> str:

@@ -7,10 +7,12 @@ One client, chosen by base URL. Reasoning is read from `reasoning_content` / `re
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
-from synthtrace.llm.base import HTTPClient, malformed
+from synthtrace.config import Endpoint
+from synthtrace.llm.base import HTTPClient, malformed, url_and_key
 from synthtrace.llm.reasoning import join_reasoning, split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
 
@@ -40,6 +42,18 @@ class OpenAIClient(HTTPClient):
         self.structured = structured  # "json_schema" | "json_object" | "none"
         self.native_schema = structured == "json_schema"
         self._url = self.base_url + "/chat/completions"
+
+    @classmethod
+    def from_endpoint(cls, name: str, endpoint: Endpoint) -> OpenAIClient:
+        url, key = url_and_key(name, endpoint)
+        return cls(url, key, name=name, structured=endpoint.structured, timeout=endpoint.timeout,
+                   extra_headers=endpoint.headers)
+
+    @staticmethod
+    def default_endpoint() -> Endpoint:
+        """The endpoint behind `openai:MODEL`."""
+        return Endpoint(kind="openai", base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                        api_key_env="OPENAI_API_KEY")
 
     def build_payload(self, req: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": req.model, "messages": req.messages}

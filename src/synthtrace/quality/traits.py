@@ -49,3 +49,11 @@ def trace_traits(thought: str) -> dict[str, Any]:
         "complexity": {"level": level, "words": words, "sentences": sentences,
                        "words_per_sentence": round(words / sentences, 1)},
     }
+
+
+def unwrap(text: Any, tag: str) -> str:
+    """The text inside `<tag>…</tag>` (the whole text when it carries no such tags), stripped."""
+    if not isinstance(text, str):
+        return ""
+    m = re.search(rf"<{tag}>(.*)</{tag}>", text, re.DOTALL)
+    return (m.group(1) if m else text).strip()

@@ -8,12 +8,13 @@ is carried through to the row.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthtrace.engine.gateway import RecordLLM
-from synthtrace.engine.inputs import BadInput, Record, read_records, record_id
-from synthtrace.recipes import Recipe
+from synthtrace.inputs import BadInput, Record, build_record, read_records, record_id
+from synthtrace.options import option
+from synthtrace.recipe import LLM, ChatExample, Recipe
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
 CONTROL = {"id", "prompt", "messages", "system", "model", "sample", *GEN_PARAMS}
@@ -22,12 +23,21 @@ ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
 class CompletionsRecipe(Recipe):
+    """One completion per input line: {"id", "prompt"} or {"id", "messages"} plus optional params."""
+
     name = "completions"
     prompt_version = "1"
 
-    def __init__(self, system: str | None = None, **defaults: Any):
-        self.system = system
-        self.defaults = {k: v for k, v in defaults.items() if v is not None}
+    @dataclass(frozen=True)
+    class Options:
+        system: str | None = option(None, "System prompt for `prompt` lines.")
+        temperature: float | None = option(None, "Default temperature (a line's own value wins).")
+        max_tokens: int | None = option(None, "Default max tokens (a line's own value wins).", min=1)
+
+    def __init__(self, options: Any = None, /, **values: Any):
+        super().__init__(options, **values)
+        given = {"temperature": self.options.temperature, "max_tokens": self.options.max_tokens}
+        self.defaults = {k: v for k, v in given.items() if v is not None}
 
     def records(self, path: Path) -> Iterator[Record | BadInput]:
         return read_records(path, _build_record)
@@ -35,12 +45,12 @@ class CompletionsRecipe(Recipe):
     def messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         if "messages" in data:
             return data["messages"]
-        system = data.get("system", self.system)
+        system = data.get("system", self.options.system)
         msgs = [{"role": "system", "content": system}] if system else []
         msgs.append({"role": "user", "content": data["prompt"]})
         return msgs
 
-    async def process(self, record: Record, llm: RecordLLM) -> list[dict[str, Any]]:
+    async def process(self, record: Record, llm: LLM) -> list[dict[str, Any]]:
         data = record.data
         params = {**self.defaults, **{k: data[k] for k in GEN_PARAMS if k in data}}
         messages = self.messages(data)
@@ -64,19 +74,41 @@ class CompletionsRecipe(Recipe):
         out = int(record.data.get("max_tokens") or self.defaults.get("max_tokens") or 512)
         return 1, chars // 4 + 1, out
 
+    def to_sft(self, row: dict[str, Any]) -> ChatExample | str:
+        """`messages` (what was sent: one user turn with an optional system prompt) or a bare `prompt`,
+        and the `completion`."""
+        answer = row.get("completion")
+        if not isinstance(answer, str) or not answer.strip():
+            return "empty completion"
+        reasoning = row["reasoning"].strip() if isinstance(row.get("reasoning"), str) else ""
+        system: str | None = None
+        messages = row.get("messages")
+        if isinstance(messages, list) and messages:
+            roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+            if roles not in (["user"], ["system", "user"]) or not all(
+                    isinstance(m.get("content"), str) and m["content"].strip() for m in messages):
+                return "completions messages are not one user turn (with an optional system prompt)"
+            if roles[0] == "system":
+                system = messages[0]["content"]
+            user = messages[-1]["content"]
+        elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            user = row["prompt"]
+            system = row["system"] if isinstance(row.get("system"), str) and row["system"].strip() else None
+        else:
+            return "completions row without its prompt or messages"
+        return ChatExample(user, answer, reasoning, system, kind="completions", meta={"id": record_id(row.get("id"))})
+
 
 def _build_record(source: str, n: int, obj: dict[str, Any]) -> Record | BadInput:
-    rid = record_id(obj.get("id"))
+    item = build_record(source, n, obj)
+    if isinstance(item, BadInput):
+        return item
     problem = None
-    if rid is None:
-        problem = "missing or empty `id` (a string or integer)"
-    elif "messages" in obj:
+    if "messages" in obj:
         problem = _check_messages(obj["messages"])
     elif not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
         problem = "needs a non-empty `prompt` string or a `messages` list"
-    if problem:
-        return BadInput(source, n, problem, id=rid)
-    return Record(rid, obj, source, n)
+    return BadInput(source, n, problem, id=item.id) if problem else item
 
 
 def _check_messages(messages: Any) -> str | None:

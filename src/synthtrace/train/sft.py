@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthtrace.engine.inputs import BadInput, read_jsonl
+from synthtrace.inputs import BadInput, read_jsonl
 
 IGNORE = -100
 ASSISTANT_OPEN = "<|im_start|>assistant\n"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from synthtrace.engine.inputs import BadInput, Record, read_records, record_id
+from synthtrace.inputs import BadInput, Record, read_records, record_id
 from synthtrace.quality.similarity import containment
 
 ERROR_TYPES = ("diagnosis", "management", "treatment", "pharmacotherapy", "causalOrganism")

@@ -12,22 +12,23 @@ independent attempts at rising temperature, each verified; only verified traces 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from synthtrace.engine.gateway import RecordLLM
-from synthtrace.engine.inputs import BadInput, Record
+from synthtrace.inputs import BadInput, Record
+from synthtrace.options import option
 from synthtrace.quality.similarity import novel_token_recall, tokens
-from synthtrace.recipes import Recipe
+from synthtrace.recipe import LLM, ChatExample, Recipe, gather_parts
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import MedecCase, read_cases
+from synthtrace.recipes.medec.sft import medec_example
 from synthtrace.recipes.medec.verify import DEFAULT_MIN_SIMILARITY, verify_critic_verdict
-from synthtrace.types import LLMError, RecordOutcome, stops_run
+from synthtrace.types import LLMError, RecordOutcome, Rejected
 
 TEMPERATURES = (0.3, 0.7, 1.0, 1.1, 1.2)
 MIN_TRACE_WORDS = 40
@@ -42,19 +43,25 @@ class CriticVerdict(BaseModel):
 
 
 class MedecRecipe(Recipe):
+    """Critic and generator traces from MEDEC notes (official CSV or pairs JSONL), critics verified."""
+
     name = "medec"
     prompt_version = P.PROMPT_VERSION
 
-    def __init__(self, samples: int = 3, hint_on_failure: bool = False,
-                 min_similarity: float = DEFAULT_MIN_SIMILARITY, critic_model: str | None = None,
-                 generator_model: str | None = None, max_tokens: int = 2048, keep_unverified: bool = False):
-        self.samples = max(1, samples)
-        self.hint_on_failure = hint_on_failure
-        self.min_similarity = min_similarity
-        self.critic_model = critic_model
-        self.generator_model = generator_model
-        self.max_tokens = max_tokens
-        self.keep_unverified = keep_unverified
+    @dataclass(frozen=True)
+    class Options:
+        samples: int = option(3, "Independent critic attempts per note (rising temperature), each verified.",
+                              flags=("--samples", "-k"), min=1, max=10)
+        hint_on_failure: bool = option(False, "One last critic attempt with the reference given (kept, hinted: true).")
+        keep_unverified: bool = option(False, "Keep critic traces that failed verification (verified: false).")
+        min_similarity: float = option(DEFAULT_MIN_SIMILARITY, "Minimum ROUGE-1 F of the critic's correction "
+                                       "against the reference.", min=0, max=1)
+        critic_model: str | None = option(None, "Model for critic traces (default: --model).")
+        generator_model: str | None = option(None, "Model for generator traces (default: --model).")
+        max_tokens: int = option(2048, "Max tokens of each answer.", min=16)
+
+    def __init__(self, options: Any = None, /, **values: Any):
+        super().__init__(options, **values)
         self._tally: dict[str, Counter[str]] = defaultdict(Counter)
         self._kept = self._calls = self._tokens = 0
 
@@ -72,24 +79,19 @@ class MedecRecipe(Recipe):
 
     # -- one record -----------------------------------------------------------------------------
 
-    async def process(self, record: Record, llm: RecordLLM) -> RecordOutcome:
+    async def process(self, record: Record, llm: LLM) -> RecordOutcome:
         case = MedecCase.from_data(record.data)
+        kinds = ["critic_correct", "generator_correct"]
         jobs = [self._critic(case, llm.fork(), on_error_note=False), self._generator_correct(case, llm.fork())]
         if case.has_error:
+            kinds += ["critic_error", "generator_error"]
             jobs += [self._critic(case, llm.fork(), on_error_note=True), self._generator_error(case, llm.fork())]
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        for outcome in outcomes:  # the budget or a refused key stops the run: the record stays untouched
-            if stops_run(outcome):
-                raise outcome
         order = {"critic_correct": 0, "critic_error": 1, "generator_correct": 2, "generator_error": 3}
         rows, rejected = [], []
-        for kind, outcome in zip(("critic_correct", "generator_correct", "critic_error", "generator_error"), outcomes):
-            if isinstance(outcome, LLMError) and not stops_run(outcome):
-                rejected.append({"note_id": f"{case.id}_{kind}", "reason": str(outcome), "error": type(outcome).__name__})
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            elif outcome.get("_rejected"):
-                rejected.append({"note_id": outcome["note_id"], "reason": outcome["reason"], **outcome["details"]})
+        for kind, outcome in zip(kinds, await gather_parts(*jobs)):
+            if isinstance(outcome, Rejected):
+                outcome.part = outcome.part or f"{case.id}_{kind}"
+                rejected.append(outcome)
             else:
                 rows.append(outcome)
         rows.sort(key=lambda r: order[r["note_id"][len(case.id) + 1:]])
@@ -98,14 +100,14 @@ class MedecRecipe(Recipe):
         self._tokens += sum(c["prompt_tokens"] + c["completion_tokens"] for c in llm.calls)
         return RecordOutcome(rows, rejected)
 
-    async def _critic(self, case: MedecCase, llm: RecordLLM, on_error_note: bool) -> dict[str, Any]:
+    async def _critic(self, case: MedecCase, llm: LLM, on_error_note: bool) -> dict[str, Any]:
         kind = "critic_error" if on_error_note else "critic_correct"
         tally = self._tally[case.error_type if on_error_note else "no error"]
         tally["attempted"] += 1
         sentences = (case.error_sentences if on_error_note else case.correct_sentences) or []
         task = P.critic_messages(sentences)
         attempts: list[dict[str, Any]] = []
-        for i in range(self.samples):
+        for i in range(self.options.samples):
             result = await self._ask_critic(llm, task, P.CRITIC_TEACHER, case, on_error_note, sample=i,
                                             temperature=TEMPERATURES[min(i, len(TEMPERATURES) - 1)])
             attempts.append(result["check"])
@@ -113,36 +115,35 @@ class MedecRecipe(Recipe):
                 tally["verified"] += 1
                 tally[f"verified_on_{i + 1}"] += 1
                 return self._critic_row(case, kind, task, result, attempts, llm, hinted=False)
-        if self.hint_on_failure:
+        if self.options.hint_on_failure:
             truth_id = case.error_sentence_id if on_error_note else -1
             hint = P.critic_hint(truth_id, case.corrected_sentence if on_error_note else None)
             result = await self._ask_critic(llm, task, f"{P.CRITIC_TEACHER}\n\n{hint}", case, on_error_note,
-                                            sample=self.samples, temperature=0.3)
+                                            sample=self.options.samples, temperature=0.3)
             attempts.append(result["check"] | {"hinted": True})
             if result["check"]["verified"]:
                 tally["hinted"] += 1
                 return self._critic_row(case, kind, task, result, attempts, llm, hinted=True)
         tally["failed"] += 1
         last = attempts[-1]
-        if self.keep_unverified and "verdict" in last:
-            return self._critic_row(case, kind, task, result, attempts, llm, hinted=self.hint_on_failure)
-        return _reject(f"{case.id}_{kind}", f"critic not verified after {len(attempts)} attempt(s): "
-                       f"{last.get('problem')}", attempts=attempts)
+        if self.options.keep_unverified and "verdict" in last:
+            return self._critic_row(case, kind, task, result, attempts, llm, hinted=self.options.hint_on_failure)
+        raise Rejected(f"critic not verified after {len(attempts)} attempt(s): {last.get('problem')}",
+                       part=f"{case.id}_{kind}", attempts=attempts)
 
-    async def _ask_critic(self, llm: RecordLLM, task: list[dict[str, str]], teacher: str, case: MedecCase,
+    async def _ask_critic(self, llm: LLM, task: list[dict[str, str]], teacher: str, case: MedecCase,
                           on_error_note: bool, sample: int, temperature: float) -> dict[str, Any]:
         messages = [task[0], {"role": "user", "content": f"{task[1]['content']}\n\n{teacher}"}]
         try:
-            reply = await llm.chat(messages, model=self.critic_model, schema=CriticVerdict, sample=sample,
-                                   temperature=temperature, max_tokens=self.max_tokens)
+            reply = await llm.chat(messages, model=self.options.critic_model, schema=CriticVerdict, sample=sample,
+                                   temperature=temperature, max_tokens=self.options.max_tokens)
         except LLMError as e:
-            if stops_run(e):
-                raise
             return {"check": {"verified": False, "problem": f"{type(e).__name__}: {e}", "sample": sample}}
         v: CriticVerdict = reply.parsed
         sentence_id = v.error_sentence_id if v.error_found else -1
         corrected = v.corrected_sentence.strip() or None
-        check = verify_critic_verdict(v.error_found, sentence_id, corrected, case, on_error_note, self.min_similarity)
+        check = verify_critic_verdict(v.error_found, sentence_id, corrected, case, on_error_note,
+                                      self.options.min_similarity)
         trace = "\n\n".join(t for t in (reply.reasoning, v.reasoning.strip()) if t)
         if check.verified and not _trace_ok(trace):
             check.verified, check.problem = False, "reasoning too short or leaks the reference"
@@ -151,7 +152,7 @@ class MedecRecipe(Recipe):
                 "trace": trace, "verdict": verdict}
 
     def _critic_row(self, case: MedecCase, kind: str, task: list[dict[str, str]], result: dict[str, Any],
-                    attempts: list[dict[str, Any]], llm: RecordLLM, hinted: bool) -> dict[str, Any]:
+                    attempts: list[dict[str, Any]], llm: LLM, hinted: bool) -> dict[str, Any]:
         on_error_note = kind == "critic_error"
         v = result["verdict"]
         row = _row(case, kind, "critic", "assessment", case.error_note if on_error_note else case.correct_note,
@@ -163,26 +164,27 @@ class MedecRecipe(Recipe):
         _own_calls(row, llm)
         return row
 
-    async def _generator_correct(self, case: MedecCase, llm: RecordLLM) -> dict[str, Any]:
+    async def _generator_correct(self, case: MedecCase, llm: LLM) -> dict[str, Any]:
         note = case.correct_note or ""
         opening = (case.correct_sentences or [note])[0]
         user = P.generator_correct_user(opening)
         return await self._generate(case, llm, "generator_correct", P.GENERATOR_CORRECT_SYSTEM, user,
                                     P.generator_correct_teacher(note), note, must_mention=None)
 
-    async def _generator_error(self, case: MedecCase, llm: RecordLLM) -> dict[str, Any]:
+    async def _generator_error(self, case: MedecCase, llm: LLM) -> dict[str, Any]:
         user = P.generator_error_user(case.correct_note or "", case.error_type or "medical")
         teacher = P.generator_error_teacher(case.corrected_sentence or "", case.error_sentence or "", case.error_type or "")
         return await self._generate(case, llm, "generator_error", P.GENERATOR_ERROR_SYSTEM, user, teacher,
                                     case.error_note or "", must_mention=(case.error_sentence, case.corrected_sentence))
 
-    async def _generate(self, case: MedecCase, llm: RecordLLM, kind: str, system: str, user: str, teacher: str,
+    async def _generate(self, case: MedecCase, llm: LLM, kind: str, system: str, user: str, teacher: str,
                         answer: str, must_mention: tuple[str | None, str | None] | None) -> dict[str, Any]:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": f"{user}\n\n{teacher}"}]
         problems: list[str] = []
-        for i in range(self.samples):
-            reply = await llm.chat(messages, model=self.generator_model, sample=i,
-                                   temperature=TEMPERATURES[min(i, len(TEMPERATURES) - 1)], max_tokens=self.max_tokens)
+        for i in range(self.options.samples):
+            reply = await llm.chat(messages, model=self.options.generator_model, sample=i,
+                                   temperature=TEMPERATURES[min(i, len(TEMPERATURES) - 1)],
+                                   max_tokens=self.options.max_tokens)
             trace = "\n\n".join(t for t in (reply.reasoning, reply.text.strip()) if t)
             problem = None if _trace_ok(trace) else "reasoning too short or leaks the prompt"
             if problem is None and must_mention and novel_token_recall(trace, must_mention[0], must_mention[1]) < 0.5:
@@ -195,7 +197,11 @@ class MedecRecipe(Recipe):
                 _own_calls(row, llm)
                 return row
             problems.append(problem)
-        return _reject(f"{case.id}_{kind}", f"generator trace failed its checks {len(problems)} time(s): {problems[-1]}")
+        raise Rejected(f"generator trace failed its checks {len(problems)} time(s): {problems[-1]}",
+                       part=f"{case.id}_{kind}")
+
+    def to_sft(self, row: dict[str, Any]) -> ChatExample | str:
+        return medec_example(row)
 
     def summary(self) -> dict[str, Any]:
         rates = {}
@@ -220,15 +226,11 @@ def _row(case: MedecCase, kind: str, role: str, task: str, note: str | None, tra
     return row
 
 
-def _own_calls(row: dict[str, Any], llm: RecordLLM) -> None:
+def _own_calls(row: dict[str, Any], llm: LLM) -> None:
     """A row's provenance names the calls of its own example (its forked handle), not the whole record's."""
     prompt_tokens, completion_tokens = llm.tokens
     row["provenance"].update(calls=list(llm.calls), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              cost_usd=round(llm.cost_usd, 8))
-
-
-def _reject(note_id: str, reason: str, **details: Any) -> dict[str, Any]:
-    return {"_rejected": True, "note_id": note_id, "reason": reason, "details": details}
 
 
 def _trace_ok(trace: str) -> bool:

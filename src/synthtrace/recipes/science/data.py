@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from synthtrace.engine.inputs import BadInput, Record, read_jsonl, record_id
+from synthtrace.inputs import BadInput, Record, read_jsonl, record_id
 
 CHARS_PER_TOKEN = 4
 DEFAULT_PASSAGE_TOKENS = 1500

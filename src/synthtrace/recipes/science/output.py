@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from synthtrace.engine.inputs import read_jsonl
+from synthtrace.inputs import read_jsonl
 
 SUFFIXES = (".json", ".jsonl")
 

@@ -1,13 +1,18 @@
 """Streaming input: records one at a time with their line numbers, bad lines named and kept apart.
 
 A file is read lazily, so a million-line input costs the memory of one line. Each problem (invalid
-UTF-8, invalid JSON, not an object) becomes a `BadInput` that names the file and line; the run
-puts it in rejected.jsonl and goes on with the good lines (or stops first, with --strict).
+UTF-8, invalid JSON, not an object, a missing id) becomes a `BadInput` that names the file and line;
+the run puts it in rejected.jsonl and goes on with the good lines (or stops first, with --strict).
+
+`read_table` picks the reader by extension: JSON lines (`.jsonl`, `.json`, `.ndjson`), CSV / TSV
+(one record per row, values as strings, the line where the row starts) and Parquet (row N, with
+pyarrow, read a batch at a time).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +90,85 @@ def read_records(path: str | Path, build: Callable[[str, int, dict[str, Any]], R
     source = str(path)
     for item in read_jsonl(path):
         yield item if isinstance(item, BadInput) else build(source, *item)
+
+
+Build = Callable[[str, int, dict[str, Any]], "Record | BadInput"]
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+
+def read_table(path: str | Path, build: Build | None = None) -> Iterator[Record | BadInput]:
+    """Records from a JSONL, CSV/TSV or Parquet file (by extension), each object made a Record by
+    `build(source, line, obj)` — by default `build_record`: an `id` is required."""
+    build = build or build_record
+    suffix = Path(path).suffix.lower()
+    if suffix in CSV_DELIMITERS:
+        return _read_csv(path, build, CSV_DELIMITERS[suffix])
+    if suffix == ".parquet":
+        return _read_parquet(path, build)
+    return read_records(path, build)
+
+
+def build_record(source: str, n: int, obj: dict[str, Any]) -> Record | BadInput:
+    """The default rule: an object with a usable `id` (a string or an integer) is a record."""
+    rid = record_id(obj.get("id"))
+    if rid is None:
+        return BadInput(source, n, "missing or empty `id` (a string or integer)", raw=_preview(obj))
+    return Record(rid, obj, source, n)
+
+
+def count_records(path: str | Path) -> int | None:
+    """How many records a file holds, when that is cheap to know (JSON lines, Parquet), else None."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            return None
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    if suffix in CSV_DELIMITERS:
+        return None  # a quoted field may hold newlines: rows are not lines
+    return count_lines(path)
+
+
+def _read_csv(path: str | Path, build: Build, delimiter: str) -> Iterator[Record | BadInput]:
+    source = str(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        line = reader.line_num + 1
+        try:
+            for row in reader:
+                start, line = line, reader.line_num + 1
+                if None in row:
+                    yield BadInput(source, start, f"{len(row[None])} more field(s) than the header has",
+                                   id=record_id(row.get("id")))
+                    continue
+                if not any((v or "").strip() for v in row.values()):
+                    continue  # a blank row
+                yield build(source, start, {k: v for k, v in row.items() if v is not None})
+        except csv.Error as e:
+            yield BadInput(source, line, f"invalid CSV: {e}")
+        except UnicodeDecodeError as e:
+            yield BadInput(source, line, f"invalid UTF-8 at byte {e.start} of the row")
+
+
+def _read_parquet(path: str | Path, build: Build) -> Iterator[Record | BadInput]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        yield BadInput(str(path), 1, "reading Parquet needs pyarrow: pip install pyarrow")
+        return
+    source = str(path)
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            n += 1
+            yield build(source, n, obj)
+
+
+def _preview(obj: dict[str, Any]) -> str:
+    return orjson.dumps(obj, default=str).decode()[:200]
 
 
 def record_id(value: Any) -> str | None:

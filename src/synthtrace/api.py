@@ -1,0 +1,98 @@
+"""Running a recipe from Python: `synthtrace.run(...)` in a script, `await synthtrace.arun(...)` in a loop.
+
+    result = synthtrace.run("medec", "notes.csv", "runs/medec", model="gpt4o", max_usd=5)
+    result = await synthtrace.arun(MyRecipe(samples=4), "in.jsonl", "runs/mine", base_url=URL, model="qwen")
+
+The keyword arguments are the run options of `synthtrace run`, named like its flags (`base_url`,
+`model`, `concurrency`, `rpm`, `tpm`, `max_records`, `max_usd`, `dry_run`, `fresh`, `strict`,
+`quiet`, `config`), checked the same way. The CLI runs through `prepare` and `execute` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthtrace.config import Config, ConfigError, load_config, with_cli_endpoint
+from synthtrace.engine.settings import RunSettings
+from synthtrace.llm.providers import resolve_model
+from synthtrace.options import OptionError, build
+from synthtrace.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from synthtrace.console import LazyConsole
+    from synthtrace.engine.estimate import Estimate
+    from synthtrace.engine.runner import RunResult
+
+
+def run(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
+        **run_options: Any) -> RunResult | Estimate:
+    """Run `recipe` over `input` into the run directory `output`; re-running the same call resumes.
+
+    `recipe` is an instance, a `Recipe` subclass, or what `synthtrace run` takes (a name,
+    `package.module:Class`, `path/file.py[:Class]`); a class or a name gets its options from the
+    config's `recipes.NAME:`. Returns the `RunResult` (status, counts, cost, paths), or with
+    `dry_run=True` the `Estimate`. Inside a running event loop (a notebook) use `await arun(...)`.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("synthtrace.run() was called inside a running event loop (a notebook?): "
+                           "use `await synthtrace.arun(...)` there")
+    coro = arun(recipe, input, output, **run_options)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def arun(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
+               **run_options: Any) -> RunResult | Estimate:
+    """`run`, for code already inside an event loop: `result = await synthtrace.arun(...)`."""
+    recipe, settings, config = prepare(recipe, input, output, run_options)
+    return await execute(recipe, settings, config)
+
+
+def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
+            run_options: Mapping[str, Any], recipe_options: Mapping[str, Any] | None = None
+            ) -> tuple[Recipe, RunSettings, Config]:
+    """The recipe, the run's settings and its config, checked; nothing is run yet. `recipe_options`
+    (flags given on a command line) win over the config's `recipes.NAME:`."""
+    settings = build(RunSettings, {"input": input, "output": output, **run_options}, where="run")
+    config = with_cli_endpoint(load_config(settings.config), settings.base_url)
+    if not isinstance(recipe, Recipe):
+        recipe = instantiate(load_recipe(recipe) if isinstance(recipe, str) else recipe, config, recipe_options or {})
+    recipe.prepare(settings)
+    resolve_model(config, settings.model)  # a model no endpoint serves fails now, not on the first record
+    return recipe, settings, config
+
+
+def instantiate(cls: type[Recipe], config: Config, explicit: Mapping[str, Any]) -> Recipe:
+    """`cls` with its options: defaults, then the config's `recipes.NAME:`, then `explicit`."""
+    if not (isinstance(cls, type) and issubclass(cls, Recipe)):
+        raise TypeError(f"expected a synthtrace.Recipe (instance, subclass or reference), got {cls!r}")
+    from_config = config.recipes.get(cls.name) or {}
+    where = f"{config.source or 'config'}: recipes.{cls.name}"
+    if not isinstance(from_config, dict):
+        raise ConfigError(f"{where}: expected a mapping of option names to values")
+    try:
+        build(cls.Options, from_config, where=where)
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
+    return cls(**{**from_config, **explicit})
+
+
+async def execute(recipe: Recipe, settings: RunSettings, config: Config,
+                  console: LazyConsole | None = None) -> RunResult | Estimate:
+    if settings.dry_run:
+        from synthtrace.engine.estimate import estimate_run
+
+        return await estimate_run(recipe, settings, config)
+    from synthtrace.engine.runner import run_recipe
+
+    return await run_recipe(recipe, settings, config, console)

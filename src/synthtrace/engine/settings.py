@@ -1,0 +1,47 @@
+"""What one run is asked to do: the run options, declared once.
+
+The same declaration gives `synthtrace run`'s common flags (and `eval`'s), the keyword arguments
+of `synthtrace.run(...)`, and the settings the manifest records. Fields without a flag are set by
+code: a recipe's `prepare`, or the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthtrace.options import option
+
+
+@dataclass
+class RunSettings:
+    input: Path = option(help="Input file.", flags=("--input", "-i", "--input-file"), exists=True)
+    output: Path = option(help="Run directory.", flags=("--output", "-o"))
+    config: Path | None = option(None, "YAML config (default: ./synthtrace.yaml, ~/.config/synthtrace/config.yaml).",
+                                 exists=True)
+    model: str | None = option(None, "Model alias, provider id, `local`, `local:/path/model.gguf`, `hf:DIR` or "
+                                     "`hf:DIR+ADAPTER_DIR`.", flags=("--model", "-m"))
+    base_url: str | None = option(None, "OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY).")
+    concurrency: int | None = option(None, "Requests in flight per endpoint.", flags=("--concurrency", "-c"), min=1)
+    rpm: float | None = option(None, "Requests-per-minute budget.", min=0, min_open=True)
+    tpm: float | None = option(None, "Tokens-per-minute budget.", min=0, min_open=True)
+    max_records: int | None = option(None, "Only the first N input records.", min=1)
+    max_usd: float | None = option(None, "Stop cleanly before spending more than this.", min=0)
+    dry_run: bool = option(False, "Estimate calls, tokens and cost from the input; send nothing.")
+    fresh: bool = option(False, "Ignore earlier results in the run dir and the journal.")
+    strict: bool = option(False, "Stop before running anything if any input line is bad.")
+    quiet: bool = option(False, "Log lines instead of a progress bar.", flags=("--quiet", "-q"))
+
+    # Set by code, not by flags.
+    journal: Path | None = field(default=None, init=True, metadata={"internal": True})  # default OUTDIR/journal.db
+    # Called with (rows.jsonl, status) while rows arrive (at most every few seconds, and never more than a
+    # tenth of the run's time) and once at the end: how a recipe keeps a file of its own in step with the run.
+    publish: Callable[[Path, str], Any] | None = field(default=None, metadata={"internal": True})
+    outputs: dict[str, Path] = field(default_factory=dict, metadata={"internal": True})  # extra files, by label
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings as the manifest records them."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()
+                if k not in ("publish", "outputs")} | {"outputs": {k: str(v) for k, v in self.outputs.items()}}
