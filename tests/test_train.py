@@ -324,3 +324,41 @@ def test_retraining_into_the_same_directory_is_a_new_model_for_the_journal(train
     weights = next(adapter.glob("adapter_model.*"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # saved again
     assert not arun(ask()).cached  # new weights are asked anew, never answered from the old ones
+
+
+def test_the_example_recipes_rows_export_and_train(data_dir, tmp_path, fp, cli, write_jsonl, config_file):
+    """Recipes written outside the package (examples/recipes/) export through their own to_sft and train."""
+    from click.testing import CliRunner
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+    fp.script("plus", "Two equal numbers add to twice one of them.\nAnswer: 8", repeat_last=True)
+    fp.script("Question:", {"json": {"score": 9, "reason": "right"}}, repeat_last=True)
+    cfg = config_file()
+    problems = write_jsonl([{"id": f"p{i}", "question": f"What is 4 plus 4? (take {i})", "answer": 8}
+                            for i in range(4)], name="problems.jsonl")
+    questions = write_jsonl([{"id": f"q{i}", "question": f"Why is the number {i} even or odd?"} for i in range(4)],
+                            name="questions.jsonl")
+    exported = []
+    for recipe, inp in (("word_problems.py", problems), ("judged_answers.py", questions)):
+        run = tmp_path / recipe
+        assert cli("run", examples / recipe, "-i", inp, "-o", run, "--config", cfg, "-q").exit_code == 0
+        out = tmp_path / f"{recipe}.sft.jsonl"
+        res = cli("export", "sft", run, "--out", out, "--val-fraction", "0")
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(lines) == 4 and all([m["role"] for m in ln["messages"]] == ["system", "user", "assistant"]
+                                       for ln in lines)
+        exported.append(out)
+    wp = json.loads(exported[0].read_text().splitlines()[0])
+    assert wp["messages"][2]["content"] == ("<think>\nTwo equal numbers add to twice one of them.\n</think>\n\n"
+                                           "Answer: 8")
+    assert wp["metadata"]["recipe"] == "word-problems" and wp["metadata"]["group"].startswith("p")
+
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(p.read_text() for p in exported))
+    out = tmp_path / "adapter"
+    res = CliRunner().invoke(cli_main, ["train", "--data", str(both), "--base", str(data_dir / "base"), "--output",
+                                        str(out), "--max-steps", "2", "--grad-accum", "1", "--no-gradient-checkpointing"])
+    assert res.exit_code == 0, res.output
+    assert (out / "adapter_model.safetensors").is_file()
+    assert "8 training" in res.output and json.loads((out / CONFIG_FILE).read_text())["results"]["steps"] == 2

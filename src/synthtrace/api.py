@@ -3,9 +3,10 @@
     result = synthtrace.run("medec", "notes.csv", "runs/medec", model="gpt4o", max_usd=5)
     result = await synthtrace.arun(MyRecipe(samples=4), "in.jsonl", "runs/mine", base_url=URL, model="qwen")
 
-The keyword arguments are the run options of `synthtrace run`, named like its flags (`base_url`,
-`model`, `concurrency`, `rpm`, `tpm`, `max_records`, `max_usd`, `dry_run`, `fresh`, `strict`,
-`quiet`, `config`), checked the same way. The CLI runs through `prepare` and `execute` too.
+The keyword arguments are the options of `synthtrace run`, named like its flags: the run's
+(`base_url`, `model`, `concurrency`, `rpm`, `tpm`, `max_records`, `max_usd`, `dry_run`, `fresh`,
+`strict`, `quiet`, `config`) and, when the recipe is given by class or name, the recipe's own
+(`samples=4`), checked the same way. The CLI runs through `prepare` and `execute` too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from synthtrace.config import Config, ConfigError, load_config, with_cli_endpoint
 from synthtrace.engine.settings import RunSettings
 from synthtrace.llm.providers import resolve_model
-from synthtrace.options import OptionError, build
+from synthtrace.options import OptionError, build, specs
 from synthtrace.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
@@ -63,10 +64,17 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
             ) -> tuple[Recipe, RunSettings, Config]:
     """The recipe, the run's settings and its config, checked; nothing is run yet. `recipe_options`
     (flags given on a command line) win over the config's `recipes.NAME:`."""
-    settings = build(RunSettings, {"input": input, "output": output, **run_options}, where="run")
+    names = {spec.name for spec in specs(RunSettings)}
+    recipe_options = {**{k: v for k, v in run_options.items() if k not in names}, **(recipe_options or {})}
+    settings = build(RunSettings, {"input": input, "output": output,
+                                   **{k: v for k, v in run_options.items() if k in names}}, where="run")
     config = with_cli_endpoint(load_config(settings.config), settings.base_url)
-    if not isinstance(recipe, Recipe):
-        recipe = instantiate(load_recipe(recipe) if isinstance(recipe, str) else recipe, config, recipe_options or {})
+    if isinstance(recipe, Recipe):
+        if recipe_options:
+            raise OptionError(f"run: unknown option {next(iter(recipe_options))!r} (run options: {', '.join(names)}; "
+                              f"a recipe instance has its options already: {type(recipe).__name__}(…))")
+    else:
+        recipe = instantiate(load_recipe(recipe) if isinstance(recipe, str) else recipe, config, recipe_options)
     recipe.prepare(settings)
     resolve_model(config, settings.model)  # a model no endpoint serves fails now, not on the first record
     return recipe, settings, config
