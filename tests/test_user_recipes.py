@@ -266,29 +266,30 @@ class Haiku(synthtrace.Recipe):
 '''
 
 
-def build_plugin_wheel(where: Path) -> Path:
-    """A wheel of a distribution `synthtrace-haiku` whose entry point registers the `haiku` recipe."""
-    dist = "synthtrace_haiku-1.0.dist-info"
+def install_plugin(tmp_path: Path, name: str, module: str, entry_points: str) -> dict[str, str]:
+    """Build a wheel of distribution NAME (one module, the given entry points), pip-install it into a
+    directory of its own, and return an environment that sees it."""
+    dist = f"{name.replace('-', '_')}-1.0.dist-info"
     files = {
-        "synthtrace_haiku.py": PLUGIN_MODULE,
-        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: synthtrace-haiku\nVersion: 1.0\n",
+        f"{name.replace('-', '_')}.py": module,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist}/entry_points.txt": "[synthtrace.recipes]\nhaiku = synthtrace_haiku:Haiku\n",
+        f"{dist}/entry_points.txt": entry_points,
     }
-    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in files) + f"{dist}/RECORD,,\n"
-    wheel = where / "synthtrace_haiku-1.0-py3-none-any.whl"
+    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{dist}/RECORD,,\n"
+    wheel = tmp_path / f"{name.replace('-', '_')}-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return wheel
+        for path, text in files.items():
+            z.writestr(path, text)
+    site = tmp_path / f"site-{name}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, timeout=120)
+    return subprocess_env({"PYTHONPATH": str(site)})
 
 
 def test_an_installed_plugin_is_listed_and_runs_by_name(fp, tmp_path, write_jsonl, config_file):
-    site = tmp_path / "site"
-    wheel = build_plugin_wheel(tmp_path)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=120)
-    env = subprocess_env({"PYTHONPATH": str(site)})
+    env = install_plugin(tmp_path, "synthtrace-haiku", PLUGIN_MODULE,
+                         "[synthtrace.recipes]\nhaiku = synthtrace_haiku:Haiku\n")
     listed = subprocess.run(cli_command("recipes"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     text = " ".join(listed.stdout.split())
@@ -305,6 +306,89 @@ def test_an_installed_plugin_is_listed_and_runs_by_name(fp, tmp_path, write_json
     (row,) = read_jsonl(out / "rows.jsonl")
     assert row["poem"] == "echo: A poem of 5 lines about autumn" and row["provenance"]["recipe"] == "haiku"
     assert json.loads((out / "manifest.json").read_text())["recipe_ref"] == "synthtrace_haiku:Haiku"
+
+
+PROVIDER_MODULE = '''
+"""A provider in one file: answers in capitals, in this process."""
+from synthtrace.types import ChatResult, Usage
+
+
+class ShoutClient:
+    name = "shout"
+    native_schema = False
+    max_concurrency = None
+    in_process = True
+
+    @classmethod
+    def from_endpoint(cls, name, endpoint):
+        return cls()
+
+    async def chat(self, req):
+        text = req.messages[-1]["content"].upper()
+        return ChatResult(text, usage=Usage(len(text) // 4, len(text) // 4), finish_reason="stop", model=req.model)
+
+    async def aclose(self):
+        pass
+'''
+
+
+def test_a_provider_plugin_is_one_file_and_one_entry_point(tmp_path, write_jsonl):
+    env = install_plugin(tmp_path, "synthtrace-shout", PROVIDER_MODULE,
+                         "[synthtrace.providers]\nshout = synthtrace_shout:ShoutClient\n")
+    cfg = tmp_path / "shout.yaml"
+    cfg.write_text("endpoints: {loud: {kind: shout}}\nmodels: {loud: {endpoint: loud, model: loud-1}}\n"
+                   "default_model: loud\n")
+    inp = write_jsonl([{"id": "a", "prompt": "quiet please"}])
+    out = tmp_path / "run"
+    done = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg, "-q"), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (row,) = read_jsonl(out / "rows.jsonl")
+    assert row["completion"] == "QUIET PLEASE" and row["provenance"]["calls"][0]["provider_model"] == "loud-1"
+
+    cfg.write_text("endpoints: {loud: {kind: shuot}}\ndefault_endpoint: loud\n")
+    done = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"{cfg}: endpoints.loud.kind: unknown provider kind 'shuot'" in done.stderr
+    assert "did you mean 'shout'?" in done.stderr
+
+
+ECHO_RECIPE = '''
+import synthtrace
+
+
+class Echo(synthtrace.Recipe):
+    async def process(self, record, llm):
+        reply = await llm.chat([{"role": "user", "content": record.data["text"]}])
+        return [{"id": record.id, "said": reply.text}]
+'''
+
+
+def test_the_default_reader_takes_csv_and_parquet_with_the_same_id_rules(fp, cli, tmp_path, config_file):
+    recipe = tmp_path / "echo.py"
+    recipe.write_text(ECHO_RECIPE)
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text('id,text\nc1,"one, with a comma"\n,no id here\nc2,"two\nlines"\nc1,again\n')
+    out = tmp_path / "csv"
+    result = cli("run", recipe, "-i", csv_in, "-o", out, "--config", config_file(), "-q")
+    assert result.exit_code == 0, result.output
+    assert {r["id"]: r["said"] for r in read_jsonl(out / "rows.jsonl")} == \
+        {"c1": "echo: one, with a comma", "c2": "echo: two\nlines"}
+    rejected = {e["line"]: e["reason"] for e in read_jsonl(out / "rejected.jsonl")}
+    assert rejected == {3: "missing or empty `id` (a string or integer)", 6: "duplicate id 'c1' (first at line 2)"}
+    assert f"{csv_in}:3: missing or empty `id`" in result.stderr
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    parquet_in = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["alpha", "beta", "gamma"]}), parquet_in)
+    out = tmp_path / "parquet"
+    result = cli("run", recipe, "-i", parquet_in, "-o", out, "--config", config_file(), "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(r["said"] for r in read_jsonl(out / "rows.jsonl")) == ["echo: alpha", "echo: beta", "echo: gamma"]
+    assert "records done: 3" in result.stdout
 
 
 # --- the Python API --------------------------------------------------------------------------------

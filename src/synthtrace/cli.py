@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 
 # Start-up allocates a few hundred thousand long-lived objects (module and class dicts); collecting
-# them over and over costs ~15 ms of a ~0.3 s start. Collection resumes once the imports are done.
+# them over and over slows it down. Collection resumes once the imports are done.
 gc.disable()
 
 import asyncio
@@ -47,8 +47,8 @@ def _table(*args: Any, **kwargs: Any) -> Any:
 
 EXIT_BUDGET = 3
 
-# Parameter types are stateless, so options share them: each click.Path looks its name up through
-# gettext when built (~0.07 ms), and the commands would otherwise build 19 of them at start-up.
+# Parameter types are stateless, so options share them (each click.Path looks its name up through
+# gettext when it is built).
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_PATH = click.Path(exists=True, path_type=Path)
 ANY_PATH = click.Path(path_type=Path)
@@ -67,10 +67,10 @@ def main(ctx: click.Context) -> None:
 def started() -> None:
     """The imports are done: collect again, and never rescan what start-up left behind.
 
-    A run allocates and frees a few dozen objects per request; with Python's default threshold (700)
-    a young collection came every ~150 requests and rescanned everything in flight each time, about
-    a tenth of the engine's CPU. At 10,000 it comes ~15 times less often and costs about the same
-    each time (what is in flight), and reference cycles still go within 10,000 allocations.
+    A run allocates and frees a few dozen objects per request; at Python's default threshold (700) a
+    young collection would come every few hundred requests and rescan everything in flight. At 10,000
+    it comes far less often at about the same cost each time, and reference cycles still go within
+    10,000 allocations.
     """
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
@@ -588,8 +588,8 @@ def _parse_age(text: str) -> float:
 def entry_point() -> None:
     """The `synthtrace` command: `main`, then an exit without the interpreter's teardown.
 
-    Tearing down frees every module and object one by one: 0.1–0.2 s on a 2-core machine once a run
-    has loaded asyncio, sqlite3 and the rest — about as long as a whole run's start-up. By now
+    Tearing down frees every module and object one by one, about as long as a whole run's start-up
+    once a run has loaded asyncio, sqlite3 and the rest. By now
     every file synthtrace wrote is closed, so the exit flushes stdout and stderr, runs the atexit
     handlers as a normal exit would, and ends the process. If another thread is still alive (a normal
     exit would wait for it), it exits normally instead.

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
     """A configuration problem the user must fix; the message says where."""
 
 
-# Plain dataclasses, so that a run without a config file never imports pydantic (~50 ms of start-up);
+# Plain dataclasses, so that a run without a config file never imports pydantic (a slow import);
 # a file is validated against these same classes by pydantic when it is read (see `load_config`).
 # `__pydantic_config__` is how pydantic takes settings for a standard-library dataclass.
 _STRICT_KEYS = {"extra": "forbid"}

@@ -1,6 +1,6 @@
 """Output for a person: a rich console that imports rich only once something is printed.
 
-Importing rich costs ~20–50 ms of start-up, which a quiet run (logs, CI, benchmarks) never needs:
+Importing rich is slow, and a quiet run (logs, CI, benchmarks) never needs it:
 its progress is plain log lines and its summary plain `key: value` lines. A terminal run pays it
 on its first print.
 """

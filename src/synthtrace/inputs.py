@@ -136,8 +136,11 @@ def _read_csv(path: str | Path, build: Build, delimiter: str) -> Iterator[Record
     source = str(path)
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        line = reader.line_num + 1
+        line = 1
         try:
+            if reader.fieldnames is None:  # reads the header: an empty file has none
+                return
+            line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
             for row in reader:
                 start, line = line, reader.line_num + 1
                 if None in row:

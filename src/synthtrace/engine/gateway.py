@@ -310,7 +310,7 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
     fails twice near the end would otherwise add a second or more). Systematic failures get the full
     exponential backoff; max_retries bounds both.
     """
-    import random  # only a retry needs it: 2 ms less at start-up
+    import random  # only a retry needs it: kept off the start-up path
 
     if failure_rate < SPORADIC_FAILURE_RATE:
         return random.uniform(0.0, 0.01 * attempt)  # a few ms (with a rate budget; otherwise no wait)

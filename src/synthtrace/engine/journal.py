@@ -9,10 +9,9 @@ transactions of a power cut for a commit that costs microseconds instead of an f
 `record` is group commit on a writer thread: while answers stream in, an answer waits
 GROUP_COMMIT_S (5 ms) for others; answers that arrive while the previous transaction is being
 written share the next one; and each caller resumes (its own future is set) only after the
-transaction holding its answer has committed. The event loop never waits on SQLite: a commit costs
-10–40 µs of CPU per answer, and every thousand pages SQLite checkpoints the WAL inside a commit
-(copying pages and two fsyncs), which on the loop stalled every request in flight — as long again
-as the commits themselves. The writer has a connection of its own; reads stay on the loop's
+transaction holding its answer has committed. The event loop never waits on SQLite: every thousand
+pages SQLite checkpoints the WAL inside a commit (copying pages and two fsyncs), which on the loop
+would stall every request in flight. The writer has a connection of its own; reads stay on the loop's
 connection (WAL lets them run beside a write). Closing starts with `begin_close`: answers still
 waiting for a transaction (a cancelled caller's too) are committed, and the writer checkpoints the
 WAL (its fsyncs) while the run writes its manifest and closes its connections.
@@ -51,8 +50,8 @@ _INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 WAL_SIZE_LIMIT = 1 << 20  # bytes a checkpointed WAL file is cut back to
 IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for this long
 # While answers stream in (the last commit ended less than this ago), an answer waits this long for
-# others to share its transaction: a burst then makes a few large commits instead of many small ones,
-# each of which took the GIL from the loop mid-burst. After a pause an answer goes at once.
+# others to share its transaction: a burst then makes a few large commits, not many small ones that
+# each take the GIL from the loop mid-burst. After a pause an answer goes at once.
 GROUP_COMMIT_S = 0.005  # (the caller says when nothing else is in flight: that answer goes at once)
 
 # rows for one transaction, their callers, and the loop those callers wait on
@@ -77,7 +76,7 @@ class KeyFilter:
     BITS = 1 << 24  # positions are 24-bit slices of the key
 
     def __init__(self) -> None:
-        self._bits = bytearray()  # allocated on the first add: zeroing 2 MiB is 2 ms of a run's start-up
+        self._bits = bytearray()  # allocated on the first add, off the start-up path
 
     def add(self, key: str) -> None:
         if not self._bits:
@@ -205,8 +204,8 @@ class Journal:
     def _write_loop(self) -> None:
         """The writer thread: one transaction per batch, then the batch's callers are woken on the loop.
 
-        A plain thread and queue, and one wake-up future per caller: a ThreadPoolExecutor's futures and
-        asyncio.shield around one shared future cost a sixth of the engine's CPU per request.
+        A plain thread and queue, and one wake-up future per caller: the cheapest hand-off there is
+        (executor futures, or one shared future behind asyncio.shield, cost far more per request).
         """
         db: sqlite3.Connection | None = None
         unsynced = False  # answers written since the last checkpoint

@@ -98,9 +98,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     started = time.monotonic()
     limits = config.limits
     # Two workers per request slot (plus a few): a worker whose answer is being journaled and whose rows
-    # are being written holds no slot, and the slot must not wait for it. With one worker per slot and
-    # 8 spare, a freed slot waited a mean 6 ms for a free worker at 4,000 requests/s (2 ms with two per
-    # slot): at 50 ms latency that alone cost a tenth of the throughput.
+    # are being written holds no slot, and a freed slot must not wait for a free worker.
     slots = settings.concurrency or limits.concurrency
     workers = 2 * slots + 8
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)

@@ -58,7 +58,7 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    import email.utils  # only for the rare HTTP-date form (the module costs ~5 ms of start-up)
+    import email.utils  # only for the rare HTTP-date form: kept off the start-up path
 
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -1,9 +1,8 @@
 """A lean HTTP/1.1 client for JSON APIs: asyncio protocols, httptools' C parser, pooled keep-alive.
 
-Every LLM call crosses this code, so its CPU per request is a product figure. A bare aiohttp client
-loop costs 0.26–0.34 ms of CPU per request on the 2-core development machine and takes 0.3 s to
-import; this client does the same work in 0.07–0.10 ms (see bench/server_check.py) and imports in a
-few milliseconds. It can be this small because it serves one shape of traffic: requests with a
+Every LLM call crosses this code, so its CPU per request is a product figure: a general-purpose
+client (aiohttp, an SDK) spends several times as much per request and takes far longer to import
+(`bench/server_check.py` measures both on the machine at hand). It can be this small because it serves one shape of traffic: requests with a
 body that fits in memory, answered by a body that fits in memory, on keep-alive connections to a few
 origins. Parsing — status line, headers, Content-Length, chunked encoding, keep-alive semantics — is
 llhttp (Node.js's parser) through httptools; TLS is the standard library's.
@@ -90,7 +89,7 @@ class _Target(Struct):
         shown = f"[{host}]" if ":" in host else host
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = shown if default else f"{shown}:{port}"
-        # the idna codec is a 2 ms import; only a non-ASCII name needs it
+        # the idna codec is a slow import; only a non-ASCII name needs it
         return cls((parts.scheme, host, port), host_header.encode("ascii" if host_header.isascii() else "idna"),
                    path.encode("ascii"))
 
