@@ -456,3 +456,12 @@ def test_the_judge_gated_example_keeps_what_the_judge_passes(fp, cli, tmp_path, 
     assert rejected["id"] == "q2" and rejected["reason"] == "judge score 4 < 7: vague" and rejected["score"] == 4
     judge_request = next(r for r in fp.requests if "rubric" in r.prompt)
     assert judge_request.body["response_format"]["type"] == "json_schema"
+
+
+def test_the_public_api_is_documented_and_import_synthtrace_loads_nothing_else():
+    for name in synthtrace.__all__:
+        obj = getattr(synthtrace, name)
+        assert (obj.__doc__ or "").strip(), f"synthtrace.{name} has no docstring"
+    probe = "import sys, synthtrace; print(sorted(m for m in sys.modules if m.startswith(('synthtrace.', 'click'))))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -23,7 +23,11 @@ from synthtrace.types import Struct
 
 
 class Record(Struct):
-    """One good input line (or CSV row): its id, parsed data and where it came from."""
+    """One good input line (or CSV row): its id, parsed data and where it came from.
+
+        question = record.data["question"]          # in Recipe.process
+        yield Record(str(n), {"text": text}, str(path), n)  # in a Recipe.records of your own
+    """
 
     __slots__ = ("id", "data", "source", "line")
 
@@ -35,7 +39,10 @@ class Record(Struct):
 
 
 class BadInput(Struct):
-    """An input line that cannot run, with file, line and reason."""
+    """An input line that cannot run, with file, line and reason; it goes to rejected.jsonl.
+
+        yield BadInput(str(path), n, "needs a `question` string", id=obj.get("id"))
+    """
 
     __slots__ = ("source", "line", "reason", "raw", "id", "extra")
 

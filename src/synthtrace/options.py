@@ -37,7 +37,10 @@ def option(default: Any = _MISSING, help: str = "", *, flags: tuple[str, ...] = 
            max: float | None = None, min_open: bool = False, exists: bool = False) -> Any:
     """A dataclass field that is also an option: its default, its help, and optionally its flags
     (default `--field-name`), bounds for numbers (`min_open`: the minimum itself is refused), and for a
-    `Path`, `exists` (it must be an existing file). A list default is copied for each instance."""
+    `Path`, `exists` (it must be an existing file). A list default is copied for each instance.
+
+        samples: int = synthtrace.option(4, "Answers tried per problem.", flags=("--samples", "-k"), min=1)
+    """
     metadata = {"help": help, "flags": tuple(flags), "min": min, "max": max, "min_open": min_open, "exists": exists}
     if isinstance(default, (list, dict, set)):
         value = default

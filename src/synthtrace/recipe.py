@@ -56,6 +56,9 @@ class LLM(Protocol):
 class ChatExample:
     """One single-turn training example, as `Recipe.to_sft` makes it from a row.
 
+        return ChatExample(user=row["question"], answer=row["answer"], reasoning=row["reasoning"], system=SYSTEM)
+
+
     `user` (and `system`, when there is one) are exactly what the trained model will see; `reasoning`
     is the thought without its tags, `answer` the final answer. Examples of one `group` (default: the
     row's record) always land on the same side of the train/validation split.

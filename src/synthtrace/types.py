@@ -125,7 +125,11 @@ class ChatResult(Struct):
 
 
 class Reply(Struct):
-    """A model's answer as a recipe sees it."""
+    """A model's answer as a recipe sees it: what `await llm.chat(...)` returns.
+
+        reply = await llm.chat(messages, schema=Verdict)
+        reply.text, reply.reasoning, reply.parsed.score, reply.cost_usd, reply.cached
+    """
 
     __slots__ = ("text", "reasoning", "parsed", "model", "provider_model", "key", "cached", "attempts",
                  "prompt_tokens", "completion_tokens", "cost_usd", "finish_reason")
@@ -158,7 +162,13 @@ class Reply(Struct):
 
 
 class LLMError(Exception):
-    """Base for every provider-side failure."""
+    """Base for every model failure a recipe may handle (after the engine's own retries).
+
+        try:
+            reply = await llm.chat(messages, model="judge")
+        except synthtrace.LLMError as e:
+            return [{"id": record.id, "judged": False, "why": str(e)}]
+    """
 
 
 class RetryableError(LLMError):
@@ -184,9 +194,13 @@ class FatalError(LLMError):
 
 
 class RunStopped(Exception):
-    """The run cannot go on: no record could get past this. Not an `LLMError`, so a recipe that
-    handles model failures (`except LLMError`) passes it on to the runner, which stops the run and
-    leaves the unfinished records for the next one."""
+    """The run cannot go on: no record could get past this (the budget, a refused key). Not an
+    `LLMError`, so a recipe that handles model failures passes it on to the runner, which stops the
+    run and leaves the unfinished records for the next one:
+
+        except synthtrace.LLMError:   # a RunStopped is not caught here, and need not be
+            ...
+    """
 
 
 class BudgetExceeded(RunStopped):
@@ -202,7 +216,12 @@ class EndpointRefused(RunStopped):
 
 
 class StructuredOutputError(LLMError):
-    """The model's answer did not validate against the schema after every allowed re-ask."""
+    """The model's answer did not validate against the schema after every allowed re-ask; `last_text`
+    is what it said last.
+
+        except synthtrace.StructuredOutputError as e:
+            raise synthtrace.Rejected("no valid verdict", said=e.last_text[:200])
+    """
 
     def __init__(self, message: str, last_text: str = ""):
         super().__init__(message)

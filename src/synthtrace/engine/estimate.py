@@ -28,7 +28,11 @@ MAX_CALLS_PER_RECORD = 1000  # a recipe that loops until an answer passes stops 
 
 
 class Estimate(Struct):
-    """A dry run's figures."""
+    """A dry run's figures.
+
+        est = synthtrace.run(recipe, "in.jsonl", "runs/x", dry_run=True)
+        est.records, est.calls, est.prompt_tokens, est.completion_tokens, est.cost_usd, est.unpriced
+    """
 
     __slots__ = ("records", "bad_input", "calls", "prompt_tokens", "completion_tokens", "cost_usd", "priced",
                  "unpriced", "model", "provider_model", "by_model", "simulated")

@@ -38,7 +38,11 @@ log = logging.getLogger("synthtrace")
 
 
 class RunResult(Struct):
-    """How a run ended, with its counts, for the summary and the manifest."""
+    """How a run ended, with its counts, for the summary and the manifest.
+
+        result = synthtrace.run(recipe, "in.jsonl", "runs/x")
+        result.status, result.records_done, result.records_rejected, result.cost_usd, result.paths["rows"]
+    """
 
     __slots__ = ("status", "records_done", "records_skipped", "records_rejected", "rows_written", "bad_input",
                  "elapsed_s", "stats", "recipe", "messages", "paths")
