@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from synthtrace.version import __version__
 
 _WHERE = {
     "Recipe": "synthtrace.recipe", "LLM": "synthtrace.recipe", "ChatExample": "synthtrace.recipe",

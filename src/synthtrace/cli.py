@@ -29,7 +29,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from synthtrace import __version__
+from synthtrace.version import __version__
 from synthtrace.config import ConfigError, load_dotenv_file
 from synthtrace.console import LazyConsole, escape
 from synthtrace.export import FORMATS

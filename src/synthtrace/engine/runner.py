@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthtrace import __version__
+from synthtrace.version import __version__
 from synthtrace.config import Config
 from synthtrace.console import LazyConsole, escape
 from synthtrace.engine.cost import Budget
