@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -147,3 +149,20 @@ def cli_subprocess(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[
         return subprocess.run(cli_command(*args), env=subprocess_env(env), cwd=cwd or tmp_path,
                               capture_output=True, text=True, timeout=timeout)
     return run
+
+
+def kill_9_when(proc: subprocess.Popen[Any], ready: Callable[[], bool], timeout: float = 60) -> None:
+    """SIGKILL `proc` (no handler, no clean-up) as soon as `ready()` holds; fail if it ends first."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress"
+            try:
+                proc.wait(timeout=0.01)  # returns at once if the child exits
+            except subprocess.TimeoutExpired:
+                pass
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

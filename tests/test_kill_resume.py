@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import _write_jsonl, cli_command, make_config, prompts, read_jsonl, subprocess_env
+from conftest import _write_jsonl, cli_command, kill_9_when, make_config, prompts, read_jsonl, subprocess_env
 
 from synthtrace.testing import FakeProvider
 
@@ -64,19 +64,8 @@ def test_kill_9_then_rerun_loses_nothing_and_repays_nothing(tmp_path, rows_befor
         cmd = cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg, "-q", "-c", CONCURRENCY)
         with open(tmp_path / "first.log", "wb") as log:
             proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.monotonic() + 60
-                while row_count(rows_path) < rows_before_kill or len(fp.requests) < requests_before_kill:
-                    assert proc.poll() is None, "the run ended before it could be killed"
-                    assert time.monotonic() < deadline, "no progress"
-                    try:
-                        proc.wait(timeout=0.01)  # returns at once if the child exits
-                    except subprocess.TimeoutExpired:
-                        pass
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                proc.kill()
-                proc.wait(timeout=30)
+            kill_9_when(proc, lambda: row_count(rows_path) >= rows_before_kill
+                        and len(fp.requests) >= requests_before_kill)
         assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()
         rows_at_kill = row_count(rows_path)
         assert rows_at_kill >= rows_before_kill

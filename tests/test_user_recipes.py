@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import zipfile
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _write_jsonl, cli_command, make_config, read_jsonl, subprocess_env
+from conftest import _write_jsonl, cli_command, kill_9_when, make_config, read_jsonl, subprocess_env
 
 import synthtrace
 from synthtrace.testing import FakeProvider
@@ -143,18 +141,7 @@ def test_a_recipe_file_killed_mid_run_resumes_without_asking_again(tmp_path):
         cmd = cli_command(*run_args(WORD_PROBLEMS, inp, out, cfg, "-c", 8))
         proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while len(read_lines(out / "rows.jsonl")) < 30:
-                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
-                try:
-                    proc.wait(timeout=0.01)
-                except subprocess.TimeoutExpired:
-                    pass
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait(timeout=30)
+        kill_9_when(proc, lambda: len(read_lines(out / "rows.jsonl")) >= 30)
         answered_before = journaled_prompts(out / "journal.db")
         asked_before = fp.count_by_prompt()
         assert 30 <= len(answered_before) < n
