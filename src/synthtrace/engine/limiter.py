@@ -67,10 +67,8 @@ class Limiter:
         """Wait for a slot (and the rate budgets). `first`: queue ahead of the requests waiting for
         their first attempt — for a retry, whose record has already waited its turn once.
 
-        A freed slot is handed to the first waiter, counted as taken the moment it is handed over:
-        counted only once the waiter ran, a burst of answers woke ever more waiters for the same
-        slots, and all but one went back to the end of the queue (four times per request, at
-        concurrency 100)."""
+        A freed slot is handed to the first waiter and counted as taken the moment it is handed over,
+        so a burst of answers wakes exactly as many waiters as it frees, in the order they came."""
         while True:
             now = time.monotonic()
             if now < self._paused_until:
