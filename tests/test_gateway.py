@@ -425,6 +425,39 @@ def test_requests_waiting_for_a_slot_are_sent_in_the_order_they_came(fp, tmp_pat
     assert fp.peak_in_flight == 4
 
 
+def test_a_steady_server_cap_is_kept_full_and_a_falling_one_is_backed_off_from(monkeypatch):
+    """A server that takes 50 at a time: after the first burst of 429s the limit sits at 50, and a
+    later probe above it comes back to 50 (no round below the cap). A 429 below that level means the
+    cap fell: the limit goes a further 5 % below what the server holds."""
+    from synthtrace.engine import limiter as limiter_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(limiter_mod.time, "monotonic", lambda: clock[0])
+
+    async def go() -> list[float]:
+        lim = Limiter(100)
+        seen = []
+        for _ in range(60):  # the first burst: 60 sent, the server holds 50
+            await lim.acquire()
+        for _ in range(10):
+            lim.release_throttled(1.0)
+        seen.append(lim.limit)
+        clock[0] += 2  # past the cool-down; successes probe upwards, then a 51st in flight draws a 429
+        while lim.limit < 51:
+            lim.release()
+            lim.on_success()
+            await lim.acquire()
+        await lim.acquire()
+        lim.release_throttled(1.0)
+        seen.append(lim.limit)
+        clock[0] += 2  # the server now takes only 49 of our 50
+        lim.release_throttled(1.0)
+        seen.append(round(lim.limit, 2))
+        return seen
+
+    assert asyncio.run(go()) == [50.0, 50.0, 46.55]
+
+
 def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_the_slot_on():
     async def go() -> list[str]:
         limiter = Limiter(1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from synthtrace.version import __version__
+from synthtrace.version import __version__ as __version__
 
 _WHERE = {
     "Recipe": "synthtrace.recipe", "LLM": "synthtrace.recipe", "ChatExample": "synthtrace.recipe",

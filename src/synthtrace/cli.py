@@ -29,11 +29,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from synthtrace.version import __version__
 from synthtrace.config import ConfigError, load_dotenv_file
 from synthtrace.console import LazyConsole, escape
 from synthtrace.export import FORMATS
 from synthtrace.train import LORA_TARGETS
+from synthtrace.version import __version__
 
 out = LazyConsole()
 err = LazyConsole(stderr=True)

@@ -1,7 +1,8 @@
 """Admission control for one endpoint: concurrency (AIMD), requests/min and tokens/min.
 
 Concurrency starts at the configured ceiling. A 429 cuts it to what the server was actually
-holding (the requests still in flight) and, once per cool-down, by a further 5 %; successes add it
+holding (the requests still in flight) and, once per cool-down, by a further 5 % unless the 429 came
+at the level that drew the last one (a steady cap: holding is what it takes); successes add it
 back slowly (about one slot per window of successes), and more slowly still near the level that
 last drew a 429. A throttled request waits its Retry-After and then queues again like any other:
 retries never bypass admission, so they cannot turn into a 429 storm. When a 429 leaves nothing of
@@ -150,9 +151,13 @@ class Limiter:
         wait = retry_after if retry_after is not None else 1.0
         holding = max(1.0, float(self.in_flight))  # what the server still holds of ours
         if now >= self._cooldown_until:
+            # A 429 right at the level that drew the last one is the server's steady cap: holding is
+            # what it takes. Anywhere else the cap is unknown or moving: back off 5 % below it too.
+            steady = holding + 1 >= self._last_throttle_level
             self._last_throttle_level = min(self.limit, holding + 1)
-            self.limit = max(1.0, min(self.limit, holding) * 0.95)
-        else:
+            self.limit = max(1.0, min(self.limit, holding) * (1.0 if steady else 0.95))
+        else:  # more 429s of the same burst: the cap is at most what the server holds now
+            self._last_throttle_level = min(self._last_throttle_level, holding + 1)
             self.limit = max(1.0, min(self.limit, holding))
         self._cooldown_until = now + wait
         if self.in_flight == 0:  # the server is holding nothing of ours: it is refusing everything

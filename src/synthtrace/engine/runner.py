@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthtrace.version import __version__
 from synthtrace.config import Config
 from synthtrace.console import LazyConsole, escape
 from synthtrace.engine.cost import Budget
@@ -31,6 +30,7 @@ from synthtrace.inputs import BadInput, Record
 from synthtrace.options import as_dict
 from synthtrace.recipe import Recipe, recipe_reference
 from synthtrace.types import BudgetExceeded, LLMError, RecordOutcome, Rejected, RunStopped, Struct
+from synthtrace.version import __version__
 
 __all__ = ["RunResult", "RunSettings", "run_recipe"]
 
