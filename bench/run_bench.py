@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,18 +117,23 @@ def verify(prompts: dict[str, str], outdir: Path) -> dict[str, int]:
     }
 
 
-def run_cli(cmd: list[str], cpu: int | None, limit_s: float, log: Path) -> dict[str, Any]:
-    """Run the CLI to completion; wall time, exit status and the child's own rusage (CPU, peak RSS)."""
-    env = child_env()
-    env.setdefault("OPENAI_API_KEY", "sk-fake-bench")
+def run_cli(cmd: list[str], cpu: int | None, limit_s: float, log: Path, env: dict[str, str] | None = None,
+            tree_pss: bool = False) -> dict[str, Any]:
+    """Run the CLI to completion; wall time, exit status and the child's own rusage (CPU, peak RSS).
+
+    `env` replaces the CLI's environment (peers.py runs other clients). With `tree_pss`, the result
+    also has `peak_tree_pss_mb`: the child's processes together (see `_PeakWatcher`)."""
+    if env is None:
+        env = child_env()
+        env.setdefault("OPENAI_API_KEY", "sk-fake-bench")
     with log.open("wb") as out:
         started = time.perf_counter()
         started_wall = time.time()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)  # no preexec_fn: see `pin`
         pin(proc.pid, cpu)  # the child has only just exec'd (subprocess returns after the exec)
-        killer = threading.Timer(limit_s, os.kill, (proc.pid, signal.SIGKILL))
+        killer = threading.Timer(limit_s, _kill_tree, (proc.pid,))
         killer.start()
-        watcher = _PeakWatcher(proc.pid)
+        watcher = _PeakWatcher(proc.pid, tree=tree_pss)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
@@ -135,7 +141,7 @@ def run_cli(cmd: list[str], cpu: int | None, limit_s: float, log: Path) -> dict[
             watcher.stop()
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {
+    result = {
         "exit_code": proc.returncode,
         "killed_after_s": limit_s if proc.returncode == -signal.SIGKILL else None,
         "wall_s": wall,
@@ -145,19 +151,36 @@ def run_cli(cmd: list[str], cpu: int | None, limit_s: float, log: Path) -> dict[
         # fork, which at 200,000 prompts held in memory here is more than the CLI itself ever uses
         "peak_rss_mb": watcher.peak_kib / 1024 if watcher.peak_kib else usage.ru_maxrss / 1024,
     }
+    if tree_pss:
+        result["peak_tree_pss_mb"] = watcher.peak_tree_kib / 1024 if watcher.peak_tree_kib else None
+    return result
 
 
 class _PeakWatcher:
-    """The child's own high-water RSS (VmHWM, counted from its exec), read every 20 ms until it exits."""
+    """The child's own high-water RSS (VmHWM, counted from its exec), read every 20 ms until it exits.
 
-    def __init__(self, pid: int):
+    With `tree`, also the peak of the proportional set size (PSS) summed over the child and all its
+    descendants, sampled every 0.25 s: a client that forks workers (distilabel runs each step in its
+    own process) holds memory that the first process's VmHWM does not see, and adding up their RSS
+    would count every page they share once per process (twice the PSS sum, for distilabel). A
+    process's PSS splits each shared page among the processes that map it, so for a single process
+    it is a little below its RSS. Reading smaps_rollup costs about 1 ms per process, hence the
+    slower sampling."""
+
+    TREE_EVERY = 12  # ticks of 20 ms between two samples of the tree
+
+    def __init__(self, pid: int, tree: bool = False):
+        self.pid = pid
         self.path = f"/proc/{pid}/status"
+        self.tree = tree
         self.peak_kib = 0
+        self.peak_tree_kib = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
+        tick = 0
         while not self._done.wait(0.02):
             try:
                 with open(self.path) as f:
@@ -167,13 +190,76 @@ class _PeakWatcher:
             except (OSError, ValueError, IndexError):  # not Linux, or the process is gone
                 if not os.path.exists(self.path):
                     return
+            tick += 1
+            if self.tree and tick % self.TREE_EVERY == 1:
+                self.peak_tree_kib = max(self.peak_tree_kib, _tree_pss_kib(self.pid))
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants now (Linux /proc; elsewhere just `pid`)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):  # gone meanwhile, or no /proc
+            continue
+    return found
+
+
+def _tree_pss_kib(pid: int) -> int:
+    """PSS of `pid` and all its descendants now, in KiB (VmRSS for one without smaps_rollup; one that
+    vanishes meanwhile counts 0)."""
+    total = 0
+    for p in _process_tree(pid):
+        for path, key in ((f"/proc/{p}/smaps_rollup", "Pss:"), (f"/proc/{p}/status", "VmRSS:")):
+            try:
+                with open(path) as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith(key))
+                break
+            except (OSError, ValueError, StopIteration):
+                continue
+    return total
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a client past its time limit, and whatever processes it started (found before it dies)."""
+    for p in _process_tree(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# argv of a client for (prompts file, output directory, base URL, concurrency); it writes rows.jsonl there
+Command = Callable[[Path, Path, str, int], list[str]]
+
+
+def cli_command(cli: list[str]) -> Command:
+    """The synthtrace CLI's `run completions`, fresh and quiet, as every scenario runs it."""
+    def command(prompts: Path, outdir: Path, base_url: str, concurrency: int) -> list[str]:
+        return [*cli, "run", "completions", "--input", str(prompts), "--output", str(outdir),
+                "--base-url", base_url, "--model", "fake", "--concurrency", str(concurrency), "--quiet", "--fresh"]
+    return command
+
+
 def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir: Path) -> dict[str, Any]:
+    return measure(sc, scale, cli_command(cli), pin, workdir)
+
+
+def measure(sc: Scenario, scale: float, command: Command, pin: bool, workdir: Path, *,
+            env: dict[str, str] | None = None, min_limit_s: float = 60.0, tree_pss: bool = False) -> dict[str, Any]:
+    """One scenario for one client: fresh prompts and fake server, the client run to its end, its rows checked.
+
+    Used for the synthtrace CLI here and for other tools by peers.py; `env` and `tree_pss` go to
+    `run_cli`, and the client is killed after max(`min_limit_s`, 20 x the ideal time)."""
     count = max(1, round(sc.requests * scale))
     sdir = workdir / sc.name
     sdir.mkdir(parents=True, exist_ok=True)
@@ -183,12 +269,11 @@ def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir:
     ideal_s = count / sc.ideal_rps
     with FakeServerProcess(latency=sc.latency, max_in_flight=sc.max_in_flight, rate_500=sc.rate_500,
                            rate_malformed=sc.rate_malformed, cpu=server_cpu) as server:
-        cmd = [*cli, "run", "completions", "--input", str(sdir / "prompts.jsonl"), "--output", str(outdir),
-               "--base-url", server.url + "/v1", "--model", "fake", "--concurrency", str(sc.concurrency),
-               "--quiet", "--fresh"]
+        cmd = command(sdir / "prompts.jsonl", outdir, server.url + "/v1", sc.concurrency)
         server_cpu_before = server.cpu_seconds()
         steal_before = steal_seconds(cli_cpu)
-        run = run_cli(cmd, cli_cpu, limit_s=max(60.0, 20 * ideal_s), log=sdir / "cli.log")
+        run = run_cli(cmd, cli_cpu, limit_s=max(min_limit_s, 20 * ideal_s), log=sdir / "cli.log", env=env,
+                      tree_pss=tree_pss)
         server_cpu_after = server.cpu_seconds()
         steal_after = steal_seconds(cli_cpu)
     check = verify(prompts, outdir)
@@ -222,6 +307,8 @@ def run_scenario(sc: Scenario, scale: float, cli: list[str], pin: bool, workdir:
         "server_cpu_share": (round((server_cpu_after - server_cpu_before) / run["wall_s"], 3)
                              if server_cpu_before is not None and server_cpu_after is not None else None),
     }
+    if tree_pss:
+        result["peak_tree_pss_mb"] = run["peak_tree_pss_mb"] and round(run["peak_tree_pss_mb"], 1)
     failures = []
     if not correct:
         failures.append("rows not correct")
