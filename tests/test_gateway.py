@@ -401,6 +401,24 @@ def test_dict_schema_returns_plain_data(fp, tmp_path):
     assert fp.requests[0].body["response_format"]["json_schema"]["name"] == "Pair"
 
 
+def test_the_journal_keeps_what_was_asked_beside_the_answer(fp, tmp_path):
+    old = tmp_path / "old.db"  # a journal written before requests were kept
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE calls (key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, model TEXT NOT NULL, "
+                   "created REAL NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+                   "cost_usd REAL NOT NULL, result BLOB NOT NULL)")
+        db.execute("INSERT INTO calls VALUES ('00000000000000000000000000000007', 'ep', 'm', 1.0, 1, 1, 0.0, '{\"text\": \"old\"}')")
+    reply = with_gateway(gw_config(fp), old, lambda gw: gw.chat(msgs("what is new"), temperature=0.3))
+    journal = Journal(old)
+    try:
+        call = journal.call(reply.key)
+        assert call["request"] == {"messages": msgs("what is new"), "params": {"temperature": 0.3}, "schema": None}
+        assert call["result"]["text"] == "echo: what is new" and call["model"] == "fake"
+        assert journal.call(f"{7:032x}")["request"] is None and journal.call(f"{7:032x}")["result"] == {"text": "old"}
+    finally:
+        journal.close()
+
+
 # --- admission: concurrency, AIMD under a server cap, requests per minute -------------------------
 
 

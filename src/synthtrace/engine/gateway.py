@@ -177,7 +177,9 @@ class Gateway:
         self._pending[key] = fut
         try:
             result, cost, attempts = await self._send(ep, r, messages, params, spec, sample)
-            await self.journal.record(key, ep.name, r.model, result, cost, more_coming=self.in_flight > 0)
+            request = {"messages": messages, "params": params, "schema": spec.name if spec else None}
+            await self.journal.record(key, ep.name, r.model, result, cost, more_coming=self.in_flight > 0,
+                                      request=request)
             fut.set_result((result, cost))
             return result, cost, key, False, attempts
         except BaseException as e:

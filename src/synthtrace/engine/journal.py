@@ -42,11 +42,13 @@ CREATE TABLE IF NOT EXISTS calls (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    result BLOB NOT NULL
+    result BLOB NOT NULL,
+    request BLOB  -- what was asked (messages, params, schema name), for `synthtrace view`
 );
 """
 
-_INSERT = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = ("INSERT OR REPLACE INTO calls (key, endpoint, model, created, prompt_tokens, completion_tokens, "
+           "cost_usd, result, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 WAL_SIZE_LIMIT = 1 << 20  # bytes a checkpointed WAL file is cut back to
 IDLE_CHECKPOINT_S = 0.05  # the writer checkpoints once no answer has come for this long
 # While answers stream in (the last commit ended less than this ago), an answer waits this long for
@@ -117,6 +119,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
+        if "request" not in {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}:
+            self._db.execute("ALTER TABLE calls ADD COLUMN request BLOB")  # a journal from before requests were kept
         self._batch: list[tuple[Any, ...]] = []  # answers waiting for the next transaction
         self._waiters: list[asyncio.Future[None]] = []  # their callers
         self._scheduled = False  # _write_batch is due on the loop
@@ -154,20 +158,22 @@ class Journal:
             return None
         return JournalEntry(ChatResult.from_dict(orjson.loads(row[0])), row[1])
 
-    def _row(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float) -> tuple[Any, ...]:
+    def _row(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float,
+             request: dict[str, Any] | None) -> tuple[Any, ...]:
         self._filter.add(key)
         return (key, endpoint, model, time.time(), result.usage.prompt_tokens, result.usage.completion_tokens,
-                cost_usd, orjson.dumps(result.to_dict()))
+                cost_usd, orjson.dumps(result.to_dict()), None if request is None else orjson.dumps(request))
 
     async def record(self, key: str, endpoint: str, model: str, result: ChatResult, cost_usd: float,
-                     more_coming: bool = True) -> None:
-        """Record a response; returns once the transaction holding it has committed.
+                     more_coming: bool = True, request: dict[str, Any] | None = None) -> None:
+        """Record a response (and the request it answers); returns once the transaction holding it has
+        committed.
 
         `more_coming=False` says no other answer is on its way (nothing else in flight): the
         transaction then goes at once instead of waiting for company."""
         if self._closing:
             raise RuntimeError(f"journal {self.path} is closing")
-        self._batch.append(self._row(key, endpoint, model, result, cost_usd))
+        self._batch.append(self._row(key, endpoint, model, result, cost_usd, request))
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
@@ -277,6 +283,16 @@ class Journal:
             return
         self._writer.join()
         self._writer = None
+
+    def call(self, key: str) -> dict[str, Any] | None:
+        """Everything recorded about one call: model, time, tokens, cost, the answer and the request."""
+        row = self._db.execute("SELECT endpoint, model, created, prompt_tokens, completion_tokens, cost_usd, result, "
+                               "request FROM calls WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        names = ("endpoint", "model", "created", "prompt_tokens", "completion_tokens", "cost_usd")
+        return {"key": key, **dict(zip(names, row[:6])), "result": orjson.loads(row[6]),
+                "request": orjson.loads(row[7]) if row[7] else None}
 
     def total_cost(self) -> float:
         return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()[0]
