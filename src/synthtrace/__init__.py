@@ -24,15 +24,16 @@ from synthtrace.version import __version__ as __version__
 
 _WHERE = {
     "Recipe": "synthtrace.recipe", "LLM": "synthtrace.recipe", "ChatExample": "synthtrace.recipe",
-    "gather_parts": "synthtrace.recipe", "option": "synthtrace.options", "Record": "synthtrace.inputs",
-    "BadInput": "synthtrace.inputs", "Reply": "synthtrace.types", "Rejected": "synthtrace.types",
-    "RecordOutcome": "synthtrace.types", "LLMError": "synthtrace.types", "StructuredOutputError": "synthtrace.types",
-    "RunStopped": "synthtrace.types", "run": "synthtrace.api", "arun": "synthtrace.api",
-    "RunResult": "synthtrace.engine.runner", "Estimate": "synthtrace.engine.estimate",
+    "ViewFields": "synthtrace.recipe", "gather_parts": "synthtrace.recipe", "option": "synthtrace.options",
+    "Record": "synthtrace.inputs", "BadInput": "synthtrace.inputs", "Reply": "synthtrace.types",
+    "Rejected": "synthtrace.types", "RecordOutcome": "synthtrace.types", "LLMError": "synthtrace.types",
+    "StructuredOutputError": "synthtrace.types", "RunStopped": "synthtrace.types", "run": "synthtrace.api",
+    "arun": "synthtrace.api", "RunResult": "synthtrace.engine.runner", "Estimate": "synthtrace.engine.estimate",
 }
 
 __all__ = ["Recipe", "option", "Record", "BadInput", "LLM", "Reply", "Rejected", "RecordOutcome", "gather_parts",
-           "ChatExample", "run", "arun", "RunResult", "Estimate", "LLMError", "StructuredOutputError", "RunStopped"]
+           "ChatExample", "ViewFields", "run", "arun", "RunResult", "Estimate", "LLMError", "StructuredOutputError",
+           "RunStopped"]
 
 if TYPE_CHECKING:
     from synthtrace.api import arun, run
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from synthtrace.engine.runner import RunResult
     from synthtrace.inputs import BadInput, Record
     from synthtrace.options import option
-    from synthtrace.recipe import LLM, ChatExample, Recipe, gather_parts
+    from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields, gather_parts
     from synthtrace.types import LLMError, RecordOutcome, Rejected, Reply, RunStopped, StructuredOutputError
 
 

@@ -5,6 +5,7 @@
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
     synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
+    synthtrace view RUN [RUN …]   ·   synthtrace report RUN --out report.html
     synthtrace cache stats|prune …
 """
 
@@ -455,6 +456,57 @@ def _print_export(result: Any) -> None:
     out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
     if result.val_path is not None:
         out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
+
+
+# -- view and report ------------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@main.command("view")
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False,
+                                                                                    path_type=Path))
+@click.option("--port", "-p", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to serve on (0: any free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback lets other machines read the run.")
+def view_command(runs: tuple[Path, ...], port: int, host: str) -> None:
+    """A private web page over run directories: rows and rejections, search, filters, one example at a time."""
+    from synthtrace.view.server import ViewServer
+
+    if host not in LOOPBACK:
+        err.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)}: anyone who can reach this "
+                  "machine can read these runs", soft_wrap=True)
+    try:
+        server = ViewServer(list(runs), host=host, port=port)
+    except (OSError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    for run in server.runs:
+        d = run.describe()
+        err.print(f"{escape(d['path'])}: {d['rows']:,} rows · {d['rejected']:,} rejected", soft_wrap=True)
+    out.print(f"synthtrace view: {server.url}  (Ctrl-C to stop)", soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command("report")
+@click.argument("run", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", "target", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write (self-contained: it opens offline).")
+@click.option("--sample", default=20, show_default=True, type=click.IntRange(0, 500), help="Rows shown in full.")
+def report_command(run: Path, target: Path, sample: int) -> None:
+    """One self-contained HTML file about a run: its funnel, scores, grades, mix, cost over time, a sample."""
+    from synthtrace.view.report import write_report
+
+    try:
+        write_report(run, target, sample=sample)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    out.print(f"report: {escape(str(target))}", soft_wrap=True)
 
 
 # -- train ----------------------------------------------------------------------------------------

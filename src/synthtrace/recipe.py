@@ -74,6 +74,23 @@ class ChatExample:
     rebuilt_prompt: bool = False  # the row had no stored prompt; the recipe rebuilt it
 
 
+@dataclass(frozen=True)
+class ViewFields:
+    """Which fields of a recipe's rows `synthtrace view` and `synthtrace report` show as what, each a
+    dotted path into the row (`error_details.error_sentence`). Unset ones are guessed from the names.
+
+        view = ViewFields(source="note", trace="reasoning", answer="answer", verdicts=("verification",),
+                          marks=(("error", "error_details.error_sentence"),))
+    """
+
+    source: str | None = None  # the material the example came from: a note, a passage
+    question: str | None = None  # what was asked (a string, or a list of chat messages)
+    trace: str | None = None  # the reasoning; <think>, <thought> and <reasoning> blocks are shown as such
+    answer: str | None = None
+    verdicts: tuple[str, ...] = ()  # fields that hold checks, judges' scores or grades
+    marks: tuple[tuple[str, str], ...] = ()  # (label, path): text to mark in the source, e.g. an error
+
+
 class Recipe:
     """The base a recipe subclasses. Only `process` is required.
 
@@ -86,14 +103,16 @@ class Recipe:
 
     Class attributes: `name` (default: the class name in kebab-case, `shout`), `description` (default:
     the docstring's first line), `prompt_version` (goes into every row's provenance: change it when
-    the prompts change), and `Options`, a dataclass of `synthtrace.option` fields that become the
-    recipe's flags, its `recipes.NAME:` config keys and its manifest entry; `self.options` holds them.
+    the prompts change), `Options`, a dataclass of `synthtrace.option` fields that become the
+    recipe's flags, its `recipes.NAME:` config keys and its manifest entry (`self.options` holds them),
+    and `view`, a `ViewFields` saying which row fields the viewer shows as source, trace and answer.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     prompt_version: ClassVar[str] = "1"
     Options: ClassVar[type] = NoOptions
+    view: ClassVar[ViewFields | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

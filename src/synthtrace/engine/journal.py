@@ -294,6 +294,11 @@ class Journal:
         return {"key": key, **dict(zip(names, row[:6])), "result": orjson.loads(row[6]),
                 "request": orjson.loads(row[7]) if row[7] else None}
 
+    def spending(self) -> list[tuple[float, int, float]]:
+        """(when, tokens, cost) of every call, oldest first."""
+        return self._db.execute("SELECT created, prompt_tokens + completion_tokens, cost_usd FROM calls "
+                                "ORDER BY created").fetchall()
+
     def total_cost(self) -> float:
         return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()[0]
 

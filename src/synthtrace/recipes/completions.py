@@ -14,7 +14,7 @@ from typing import Any
 
 from synthtrace.inputs import BadInput, Record, build_record, read_records, record_id
 from synthtrace.options import option
-from synthtrace.recipe import LLM, ChatExample, Recipe
+from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
 CONTROL = {"id", "prompt", "messages", "system", "model", "sample", *GEN_PARAMS}
@@ -27,6 +27,7 @@ class CompletionsRecipe(Recipe):
 
     name = "completions"
     prompt_version = "1"
+    view = ViewFields(question="messages", trace="reasoning", answer="completion")
 
     @dataclass(frozen=True)
     class Options:

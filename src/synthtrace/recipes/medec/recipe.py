@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from synthtrace.inputs import BadInput, Record
 from synthtrace.options import option
 from synthtrace.quality.similarity import novel_token_recall, tokens
-from synthtrace.recipe import LLM, ChatExample, Recipe, gather_parts
+from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields, gather_parts
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import MedecCase, read_cases
 from synthtrace.recipes.medec.sft import medec_example
@@ -47,6 +47,9 @@ class MedecRecipe(Recipe):
 
     name = "medec"
     prompt_version = P.PROMPT_VERSION
+    view = ViewFields(source="note", question="prompt.user", trace="reasoning", answer="answer",
+                      verdicts=("verification",), marks=(("error", "error_details.error_sentence"),
+                                                         ("correction", "error_details.corrected_sentence")))
 
     @dataclass(frozen=True)
     class Options:
@@ -129,7 +132,7 @@ class MedecRecipe(Recipe):
         if self.options.keep_unverified and "verdict" in last:
             return self._critic_row(case, kind, task, result, attempts, llm, hinted=self.options.hint_on_failure)
         raise Rejected(f"critic not verified after {len(attempts)} attempt(s): {last.get('problem')}",
-                       part=f"{case.id}_{kind}", attempts=attempts)
+                       part=f"{case.id}_{kind}", attempts=attempts, calls=list(llm.calls))
 
     async def _ask_critic(self, llm: LLM, task: list[dict[str, str]], teacher: str, case: MedecCase,
                           on_error_note: bool, sample: int, temperature: float) -> dict[str, Any]:
@@ -198,7 +201,7 @@ class MedecRecipe(Recipe):
                 return row
             problems.append(problem)
         raise Rejected(f"generator trace failed its checks {len(problems)} time(s): {problems[-1]}",
-                       part=f"{case.id}_{kind}")
+                       part=f"{case.id}_{kind}", calls=list(llm.calls))
 
     def to_sft(self, row: dict[str, Any]) -> ChatExample | str:
         return medec_example(row)

@@ -28,7 +28,7 @@ from typing import Any
 from synthtrace.inputs import BadInput, Record, record_id
 from synthtrace.options import option
 from synthtrace.quality.traits import trace_traits, unwrap
-from synthtrace.recipe import LLM, ChatExample, Recipe, gather_parts
+from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields, gather_parts
 from synthtrace.recipes.science import prompts as P
 from synthtrace.recipes.science.data import DEFAULT_PASSAGE_TOKENS, estimate_tokens, read_passages
 from synthtrace.recipes.science.output import SUFFIXES, TraceFile, run_dir_for
@@ -56,6 +56,8 @@ class ScienceRecipe(Recipe):
 
     name = "science"
     prompt_version = P.PROMPT_VERSION
+    view = ViewFields(source="provenance.passage", question="user_interaction.question", trace="reasoning_trace",
+                      answer="final_answer", verdicts=("quality", "answer_grades", "metadata"))
 
     @dataclass(frozen=True)
     class Options:
@@ -198,7 +200,8 @@ class ScienceRecipe(Recipe):
             return self._row(p, q, trace_id, k, temperature, thought, answer, grades, attempts, ctx, fragments, raw,
                              stage1, llm)
         raise Rejected(f"no acceptable trace after {len(attempts)} attempt(s): {attempts[-1]['problem']}",
-                       part=trace_id, question=q["question"], question_type=q["question_type"], attempts=attempts)
+                       part=trace_id, question=q["question"], question_type=q["question_type"], attempts=attempts,
+                       calls=list(llm.calls))
 
     async def _assemble(self, llm: LLM, passage: str, task: str, sample: int,
                         temperature: float) -> tuple[tuple[str, str] | None, str]:
