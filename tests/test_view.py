@@ -334,3 +334,20 @@ def test_the_report_opens_offline_and_draws_its_plots(page, medec_run, tmp_path,
     page.screenshot(path=str(shots / "report.png"))
     assert watch.requests == [report.as_uri()]  # the file itself, nothing else
     assert watch.errors == []
+
+
+def test_synthtrace_view_serves_on_loopback_and_warns_for_anything_else(medec_run, tmp_path):
+    for extra, warned in (((), False), (("--host", "0.0.0.0"), True)):
+        proc = subprocess.Popen(cli_command("view", medec_run, "--port", 0, *extra), env=subprocess_env(),
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            url = line.split("synthtrace view: ", 1)[1].split()[0]
+            assert url.startswith("http://127.0.0.1:" if not warned else "http://0.0.0.0:"), line
+            port = url.rstrip("/").rsplit(":", 1)[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs") as r:
+                assert json.loads(r.read())[0]["rows"] == lines(medec_run / "rows.jsonl")
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=30)
+        assert ("anyone who can reach this machine can read these runs" in stderr) is warned

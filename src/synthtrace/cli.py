@@ -477,6 +477,9 @@ def view_command(runs: tuple[Path, ...], port: int, host: str) -> None:
     if host not in LOOPBACK:
         err.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)}: anyone who can reach this "
                   "machine can read these runs", soft_wrap=True)
+    for run in runs:
+        if not (run / "view-index.db").exists():
+            err.print(f"indexing {escape(str(run))} (the first time only) …", soft_wrap=True)
     try:
         server = ViewServer(list(runs), host=host, port=port)
     except (OSError, FileNotFoundError) as e:

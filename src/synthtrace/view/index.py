@@ -26,7 +26,7 @@ import orjson
 from synthtrace.engine.store import MANIFEST, REJECTED, ROWS
 
 INDEX = "view-index.db"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MAX_FACET_VALUES = 60  # a text field with more distinct values is searched, not listed
 MAX_LABEL_CHARS = 120  # longer strings are text, not a value to filter on
 SKIP = {"provenance.calls", "provenance.stages", "provenance.passage", "calls", "raw", "traceback"}
@@ -103,6 +103,7 @@ class RunIndex:
         self.db.execute("PRAGMA synchronous=OFF")
         self.manifest = _read_json(self.run / MANIFEST) or {}
         self.columns: dict[str, str] = {}  # field path → column name
+        self._matches: dict[str, str] = {}  # full-text query → its temporary table, the latest few
         self.refresh()
 
     def _index_path(self, cache_dir: Path | None) -> Path:
@@ -140,10 +141,13 @@ class RunIndex:
         db.commit()
         if changed:
             self._classify()
+            for name in self._matches.values():
+                db.execute(f"DROP TABLE IF EXISTS temp.{name}")
+            self._matches.clear()
 
     def _reset(self) -> None:
         db = self.db
-        for table in ("docs", "fields", "fts", "meta"):
+        for table in ("docs", "fields", "fts", "meta", "stats"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
         db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT)")
         db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -210,8 +214,12 @@ class RunIndex:
                        ((first + i, body) for i, (_, _, body) in enumerate(batch)))
 
     def _classify(self) -> None:
-        """Each field's type (number, value or text) and how many values it takes, for the filters."""
+        """Each field's type (number, value or text), and per kind of document how many have it, how
+        many values it takes and its range: what the filters offer, known without a scan per question."""
         db = self.db
+        db.execute("DROP TABLE IF EXISTS stats")
+        db.execute("CREATE TABLE stats (path TEXT, kind TEXT, present INTEGER, distinct_values INTEGER, lo, hi, "
+                   "PRIMARY KEY (path, kind))")
         for path, col in list(self.columns.items()):
             numeric, texts, distinct = db.execute(
                 f"SELECT SUM(typeof({col}) IN ('integer', 'real')), SUM(typeof({col}) = 'text'), "
@@ -219,8 +227,31 @@ class RunIndex:
             kind = "number" if numeric and not texts else "value" if distinct <= MAX_FACET_VALUES else "text"
             db.execute("UPDATE fields SET type = ?, distinct_values = ? WHERE path = ?", (kind, distinct, path))
             if kind != "text":
-                db.execute(f"CREATE INDEX IF NOT EXISTS docs_{col} ON docs ({col})")
+                db.execute(f"CREATE INDEX IF NOT EXISTS docs_kind_{col} ON docs (kind, {col})")
+                db.execute(f"INSERT INTO stats SELECT ?, kind, COUNT({col}), COUNT(DISTINCT {col}), MIN({col}), "
+                           f"MAX({col}) FROM docs GROUP BY kind", (path,))
         db.commit()
+
+    def stats(self, kind: str) -> dict[str, tuple[int, int, Any, Any]]:
+        """field path → (documents that have it, distinct values, lowest, highest) among `kind`."""
+        return {p: (n, d, lo, hi) for p, n, d, lo, hi in
+                self.db.execute("SELECT path, present, distinct_values, lo, hi FROM stats WHERE kind = ?", (kind,))}
+
+    def matches(self, fts_query: str) -> str:
+        """The name of a temporary table of the documents matching a full-text query: the page asks
+        for the same words several times in a row (the list, its counts), and matches once."""
+        name = self._matches.get(fts_query)
+        if name is None:
+            if len(self._matches) >= 4:
+                old = self._matches.pop(next(iter(self._matches)))
+                self.db.execute(f"DROP TABLE IF EXISTS temp.{old}")
+            name = self._matches[fts_query] = f"match_{hashlib.sha256(fts_query.encode()).hexdigest()[:12]}"
+            self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (n INTEGER PRIMARY KEY)")
+            self.db.execute(f"INSERT OR IGNORE INTO {name} SELECT rowid FROM fts WHERE fts MATCH ?", (fts_query,))
+        return name
+
+    def count(self, kind: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM docs WHERE kind = ?", (kind,)).fetchone()[0]
 
     # -- reading --------------------------------------------------------------------------------
 

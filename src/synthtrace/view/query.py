@@ -39,8 +39,7 @@ def where(index: RunIndex, spec: dict[str, Any], skip: str | None = None) -> tup
     clauses, args = ["kind = ?"], [spec.get("kind") or "row"]
     match = _fts_query(str(spec.get("q") or ""))
     if match:
-        clauses.append("n IN (SELECT rowid FROM fts WHERE fts MATCH ?)")
-        args.append(match)
+        clauses.append(f"n IN (SELECT n FROM temp.{index.matches(match)})")
     for path, cond in (spec.get("fields") or {}).items():
         if path == skip:
             continue
@@ -81,42 +80,55 @@ def page(index: RunIndex, spec: dict[str, Any], offset: int = 0, size: int = 50)
 
 def facets(index: RunIndex, spec: dict[str, Any]) -> dict[str, Any]:
     """Per field: its values with counts (value fields) or its range and a histogram (numbers), under
-    the other filters; the kinds with their counts under all but the kind."""
+    the other filters; the kinds with their counts. Fields that do not split this kind of document
+    (one value that every document has) are left out."""
     db = index.db
-    fields = sorted((f for f in index.fields() if f["type"] in ("value", "number") and f["path"] != "kind"),
-                    key=lambda f: (f["path"].count("."), f["path"]))  # the row's own fields before nested ones
-    active = set(spec.get("fields") or {})
-    out: dict[str, Any] = {}
-    base_cond, base_args = where(index, spec)
-    db.execute("DROP TABLE IF EXISTS temp.hits")
-    db.execute(f"CREATE TEMP TABLE hits AS SELECT n FROM docs WHERE {base_cond}", base_args)
     kind = spec.get("kind") or "row"
+    stats, docs_of_kind = index.stats(kind), index.count(kind)
+    active = set(spec.get("fields") or {})
+    fields = sorted((f for f in index.fields() if f["type"] in ("value", "number") and f["path"] != "kind"
+                     and f["path"] in stats and (_splits(stats[f["path"]], docs_of_kind) or f["path"] in active)),
+                    key=lambda f: (f["path"].count("."), f["path"]))  # the row's own fields before nested ones
+    filtered = bool(active) or bool(_fts_query(str(spec.get("q") or "")))
+    if filtered:
+        cond, args = where(index, spec)
+        db.execute("DROP TABLE IF EXISTS temp.hits")
+        db.execute("CREATE TEMP TABLE hits (n INTEGER PRIMARY KEY)")
+        db.execute(f"INSERT INTO hits SELECT n FROM docs WHERE {cond}", args)
+        total = db.execute("SELECT COUNT(*) FROM hits").fetchone()[0]
+    else:
+        total = docs_of_kind
+    out: dict[str, Any] = {}
     for f in fields:
-        col = f["col"]
-        if f["path"] in active:
-            cond, args = where(index, spec, skip=f["path"])
-            source, source_args = f"(SELECT * FROM docs WHERE {cond})", args
-        else:
-            source, source_args = "(SELECT docs.* FROM docs JOIN hits USING (n))", []
+        col, path = f["col"], f["path"]
+        if path in active:  # counted without its own filter
+            cond, args = where(index, spec, skip=path)
+            source, source_args = f"docs WHERE {cond} AND", args
+        elif filtered:
+            source, source_args = "docs WHERE n IN (SELECT n FROM hits) AND", []
+        else:  # every document of the kind: the (kind, field) index answers alone
+            source, source_args = "docs WHERE kind = ? AND", [kind]
         if f["type"] == "value":
-            counts = db.execute(f"SELECT {col}, COUNT(*) FROM {source} WHERE {col} IS NOT NULL GROUP BY {col} "
+            counts = db.execute(f"SELECT {col}, COUNT(*) FROM {source} {col} IS NOT NULL GROUP BY {col} "
                                 f"ORDER BY 2 DESC", source_args).fetchall()
             ids = len(counts) > 5 and counts[0][1] == 1  # every value once: an id, found by search instead
-            if (counts and not ids) or f["path"] in active:
-                out[f["path"]] = {"type": "value", "values": [[v, c] for v, c in counts]}
+            if (counts and not ids) or path in active:
+                out[path] = {"type": "value", "values": [[v, c] for v, c in counts]}
         else:
-            lo, hi = db.execute(f"SELECT MIN({col}), MAX({col}) FROM docs WHERE kind = ?", (kind,)).fetchone()
-            if lo is None:
-                continue
+            _, _, lo, hi = stats[path]
             width = (hi - lo) / HIST_BINS or 1.0
             bins = [0] * HIST_BINS
             for b, c in db.execute(f"SELECT MIN(CAST(({col} - ?) / ? AS INTEGER), ?), COUNT(*) FROM {source} "
-                                   f"WHERE {col} IS NOT NULL GROUP BY 1", [lo, width, HIST_BINS - 1, *source_args]):
+                                   f"{col} IS NOT NULL GROUP BY 1", [lo, width, HIST_BINS - 1, *source_args]):
                 bins[int(b)] = c
-            out[f["path"]] = {"type": "number", "min": lo, "max": hi, "width": width, "bins": bins}
-    kinds = dict(db.execute("SELECT kind, COUNT(*) FROM docs GROUP BY kind"))
-    total = db.execute("SELECT COUNT(*) FROM hits").fetchone()[0]
-    return {"fields": out, "total": total, "kinds": {"row": kinds.get("row", 0), "rejected": kinds.get("rejected", 0)}}
+            out[path] = {"type": "number", "min": lo, "max": hi, "width": width, "bins": bins}
+    kinds = {k: index.count(k) for k in ("row", "rejected")}
+    return {"fields": out, "total": total, "kinds": kinds}
+
+
+def _splits(stat: tuple[int, int, Any, Any], docs: int) -> bool:
+    present, distinct, _, _ = stat
+    return distinct > 1 or 0 < present < docs
 
 
 def reasons(index: RunIndex, spec: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,8 +2,8 @@
 
 A standard-library threaded HTTP server: the page and its vendored scripts from `static/`, and a
 small JSON API over each run's index (`index.py`, `query.py`) and journal. It binds 127.0.0.1
-unless told otherwise, answers only requests addressed to the host it serves (so a web page
-elsewhere cannot reach it through DNS rebinding), sends a Content-Security-Policy that allows
+unless told otherwise, there answers only requests addressed to loopback (so a web page elsewhere
+cannot reach it through DNS rebinding), sends a Content-Security-Policy that allows
 nothing but its own scripts, and never turns row text into markup: the page renders every value
 as text.
 """
@@ -63,7 +63,11 @@ class ViewServer(ThreadingHTTPServer):
     def __init__(self, runs: list[Path], host: str = "127.0.0.1", port: int = 0):
         self.runs = [Run(p) for p in runs]
         super().__init__((host, port), _Handler)
-        self.allowed_hosts = {f"{h}:{self.server_address[1]}" for h in (host, "127.0.0.1", "localhost", "[::1]")}
+        # On loopback only requests addressed to loopback are answered (DNS rebinding); a server bound
+        # elsewhere on purpose answers whatever name it is reached by.
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        self.allowed_hosts = {f"{h}:{self.server_address[1]}" for h in ("127.0.0.1", "localhost", "[::1]")} \
+            if loopback else None
 
     @property
     def url(self) -> str:
@@ -85,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-        if self.headers.get("Host") not in self.server.allowed_hosts:
+        allowed = self.server.allowed_hosts
+        if allowed is not None and self.headers.get("Host") not in allowed:
             return self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host", "text/plain")
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
