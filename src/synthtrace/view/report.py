@@ -81,7 +81,8 @@ def _stages(index: RunIndex) -> list[list[Any]]:
     cols = index.columns
     part, rid = cols.get("part"), cols.get("record_id") or cols.get("id")
     if part is None or rid is None:
-        return [["record", index.db.execute("SELECT COUNT(*) FROM docs WHERE kind = 'rejected'").fetchone()[0]]]
+        n = index.count("rejected")
+        return [["record", n]] if n else []
     stages: Counter[str] = Counter()
     for p, r in index.db.execute(f"SELECT {part}, {rid} FROM docs WHERE kind = 'rejected'"):
         if p is None:
@@ -108,7 +109,9 @@ def _verified(index: RunIndex) -> dict[str, Any] | None:
     for etype, lab, ok, k in db.execute(sql):
         key = etype or ("none" if lab == "CORRECT" else str(lab or "all"))
         per_type[key]["verified" if ok == "true" else "unverified"] += 1
-        if ok == "true" and k is not None:
+        if ok != "true":
+            per_attempt["not verified"] += 1
+        elif k is not None:
             per_attempt[int(k)] += 1
     # Parts given up on after every attempt: unverified, under the error type of their source.
     part = cols.get("part")

@@ -59,14 +59,17 @@
       </div></details>`;
   }
 
-  function Filters({ facets, spec, setSpec }) {
+  function Filters({ facets, spec, setSpec, view }) {
     if (!facets) return null;
+    // the texts an example shows (its source, question, trace, answer) are searched, not listed
+    const texts = new Set(["source", "question", "trace", "answer"].flatMap((r) =>
+      [view.declared && view.declared[r], ...view.candidates[r]]).filter(Boolean));
     const setField = (path, cond) => {
       const fields = { ...(spec.fields || {}) };
       if (cond) fields[path] = cond; else delete fields[path];
       setSpec({ ...spec, fields });
     };
-    const entries = Object.entries(facets.fields);
+    const entries = Object.entries(facets.fields).filter(([p]) => !texts.has(p));
     // a field worth filtering on: two values or more, or one value that only some documents have
     const splits = (f) => f.values.length > 1 || f.values.reduce((n, [, c]) => n + c, 0) < facets.total;
     const values = entries.filter(([p, f]) => f.type === "value" && (splits(f) || (spec.fields || {})[p]));
@@ -240,7 +243,7 @@
         </div>
         ${Object.keys(spec.fields || {}).length ? html`<button class="link" onClick=${() => setSpec({ ...spec, fields: {} })}>
           clear filters</button>` : ""}
-        <${Filters} facets=${facets} spec=${spec} setSpec=${setSpec} />
+        <${Filters} facets=${facets} spec=${spec} setSpec=${setSpec} view=${info.view} />
       </aside>
       <main>
         ${error ? html`<p class="error">${error}</p>` : ""}

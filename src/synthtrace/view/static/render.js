@@ -104,7 +104,7 @@
         scales: { x: { time: false } },
         axes: [{ size: 24, font: "10px sans-serif", values: (u, v) => v.map((x) => fmt(x)) },
                { size: 30, font: "10px sans-serif" }],
-        series: [{}, { label, fill: "rgba(60,110,190,0.55)", stroke: "rgb(60,110,190)",
+        series: [{}, { label, fill: "rgba(60,110,190,0.55)", stroke: "rgb(60,110,190)", points: { show: false },
                        paths: window.uPlot.paths.bars({ size: [0.9, 60] }) }],
       }, [xs, hist.bins], ref.current);
       const click = () => {

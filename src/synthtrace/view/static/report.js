@@ -17,7 +17,7 @@
     useEffect(() => {
       const plot = new window.uPlot({ width: 520, height: 180, legend: { show: false }, scales: { x: { time: false } },
         axes: [{ label: "minutes", size: 30 }, { size: 60 }],
-        series: [{}, { label, stroke: "rgb(60,110,190)", width: 2 }] }, [xs, ys], ref.current);
+        series: [{}, { label, stroke: "rgb(60,110,190)", width: 2, points: { show: false } }] }, [xs, ys], ref.current);
       return () => plot.destroy();
     }, []);
     return html`<div class="line" ref=${ref} data-testid=${"line-" + label}></div>`;
