@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import arun
+from conftest import arun, read_jsonl
 
 from synthtrace.llm.anthropic import AnthropicClient
 from synthtrace.llm.argo import ArgoClient
@@ -244,3 +244,31 @@ def test_argo_without_user_is_fatal_and_sends_nothing(fp):
     with pytest.raises(FatalError, match="ARGO_USER"):
         call(argo(fp, user_name=None), ChatRequest("gpt4o", user("hi")))
     assert fp.requests == []
+
+
+@pytest.mark.parametrize("model, env, path", [
+    ("gpt-4o", {"OPENAI_API_KEY": "sk-test"}, "/v1/chat/completions"),
+    ("o3-mini", {"OPENAI_API_KEY": "sk-test"}, "/v1/chat/completions"),
+    ("claude-sonnet-4-5", {"ANTHROPIC_API_KEY": "sk-ant-test"}, "/v1/messages"),
+    ("claudesonnet4", {"ARGO_USER": "alice"}, "/argo/chat/"),
+    ("gpt4o", {"ARGO_USER": "alice"}, "/argo/chat/"),
+])
+def test_well_known_model_names_go_to_their_provider_when_its_key_is_set(fp, cli_subprocess, tmp_path, write_jsonl,
+                                                                         model, env, path):
+    inp = write_jsonl([{"id": "a", "prompt": "hello"}])
+    overrides = {"OPENAI_BASE_URL": fp.openai_base, "ANTHROPIC_BASE_URL": fp.anthropic_base,
+                 "ARGO_BASE_URL": fp.argo_url}
+    done = cli_subprocess("run", "completions", "-i", inp, "-o", tmp_path / "run", "-q", "--model", model,
+                          env={**overrides, **env})
+    assert done.returncode == 0, done.stderr
+    assert "chosen from its name" in done.stderr
+    (request,) = fp.requests
+    assert request.path == path
+    (row,) = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    assert row["completion"] == "echo: hello"
+
+
+def test_a_well_known_name_without_its_key_still_says_what_to_do(cli, tmp_path, write_jsonl):
+    inp = write_jsonl([{"id": "a", "prompt": "hello"}])
+    result = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--model", "gpt-4o")
+    assert result.exit_code == 2 and "no endpoint for model 'gpt-4o'" in result.output

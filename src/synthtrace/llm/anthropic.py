@@ -6,6 +6,7 @@ comes back already parsed in `ChatResult.structured` (and as JSON text in `text`
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -39,9 +40,15 @@ class AnthropicClient(HTTPClient):
         return cls(url, key, name=name, timeout=endpoint.timeout)
 
     @staticmethod
+    def claims(model: str) -> bool:
+        """Anthropic's own ids (`claude-sonnet-4-5` …), when its key is set."""
+        return model.startswith("claude-") and bool(os.environ.get("ANTHROPIC_API_KEY"))
+
+    @staticmethod
     def default_endpoint() -> Endpoint:
-        """The endpoint behind `anthropic:MODEL`."""
-        return Endpoint(kind="anthropic", base_url="https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY")
+        """The endpoint behind `anthropic:MODEL` (and Anthropic's ids): `ANTHROPIC_BASE_URL` moves it."""
+        return Endpoint(kind="anthropic", base_url=os.environ.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+                        api_key_env="ANTHROPIC_API_KEY")
 
     def build_payload(self, req: ChatRequest) -> dict[str, Any]:
         system = [m["content"] for m in req.messages if m["role"] == "system"]

@@ -17,6 +17,7 @@ from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
 
 ARGO_CHAT_URL = "https://apps.inside.anl.gov/argoapi/api/v1/resource/chat/"
+_ARGO_IDS = re.compile(r"^(?:gpt\d+[a-z0-9]*|gpto\d+[a-z0-9]*|claude(?:sonnet|opus|haiku)\d+[a-z0-9]*|gemini\d+[a-z0-9]*)$")
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(gpt4|gpto|o\d)", re.IGNORECASE)
 
 
@@ -37,6 +38,12 @@ class ArgoClient(HTTPClient):
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> ArgoClient:
         url, key = url_and_key(name, endpoint)
         return cls(url, secret(endpoint.user_env or "ARGO_USER"), name=name, timeout=endpoint.timeout, api_key=key)
+
+    @staticmethod
+    def claims(model: str) -> bool:
+        """The Argo gateway's ids (`claudesonnet4`, `gpt4o`, `gpto3mini`, `gemini25pro` …), when `ARGO_USER`
+        is set."""
+        return bool(_ARGO_IDS.match(model)) and bool(os.environ.get("ARGO_USER"))
 
     @staticmethod
     def default_endpoint() -> Endpoint:

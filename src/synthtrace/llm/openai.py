@@ -31,6 +31,9 @@ def openai_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_OPENAI_IDS = re.compile(r"^(?:gpt-|chatgpt-|o[1-9](?:$|-)|text-|davinci|babbage)")
+
+
 class OpenAIClient(HTTPClient):
     def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
                  structured: str = "json_schema", timeout: float = 600.0, extra_headers: dict[str, str] | None = None):
@@ -50,8 +53,13 @@ class OpenAIClient(HTTPClient):
                    extra_headers=endpoint.headers)
 
     @staticmethod
+    def claims(model: str) -> bool:
+        """OpenAI's own ids (`gpt-4o`, `o3-mini`, `chatgpt-4o-latest` …), when its key is set."""
+        return bool(_OPENAI_IDS.match(model)) and bool(os.environ.get("OPENAI_API_KEY"))
+
+    @staticmethod
     def default_endpoint() -> Endpoint:
-        """The endpoint behind `openai:MODEL`."""
+        """The endpoint behind `openai:MODEL` (and OpenAI's ids): `OPENAI_BASE_URL` moves it."""
         return Endpoint(kind="openai", base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
                         api_key_env="OPENAI_API_KEY")
 

@@ -3,7 +3,9 @@
 Model names resolve, in order: `local` / `local:PATH.gguf` (llama.cpp in-process); `hf:DIR` /
 `hf:DIR+ADAPTER` (transformers in-process); an alias under `models:`; `KIND:ID` for a provider kind
 with a default endpoint (`openai:`, `anthropic:`, `argo:`; a configured endpoint of that name wins);
-the configured `default_endpoint` (which `--base-url` sets).
+the configured `default_endpoint` (which `--base-url` sets); and, with nothing of that matching, a
+provider's own ids when its credentials are set (`gpt-…`, `o3…` to OpenAI with `OPENAI_API_KEY`,
+`claude-…` to Anthropic with `ANTHROPIC_API_KEY`, Argo's `claudesonnet4`, `gpt4o` … with `ARGO_USER`).
 
 An endpoint's `kind` names its client class in `synthtrace.registry.PROVIDERS`, so a new provider
 is one module plus one registration line (or an entry point).
@@ -16,7 +18,7 @@ from typing import Any
 
 from synthtrace.config import Config, ConfigError, Endpoint
 from synthtrace.llm.base import Client
-from synthtrace.registry import PROVIDERS, NotRegistered
+from synthtrace.registry import BUILTIN_PROVIDERS, PROVIDERS, NotRegistered
 from synthtrace.types import Struct
 
 
@@ -31,7 +33,7 @@ def provider(kind: str) -> Any:
 class ResolvedModel(Struct):
     """A model name as the user wrote it, bound to an endpoint and the provider's id."""
 
-    __slots__ = ("alias", "endpoint_name", "endpoint", "model", "params")
+    __slots__ = ("alias", "endpoint_name", "endpoint", "model", "params", "chosen_by_name")
 
     def __init__(self, alias: str, endpoint_name: str, endpoint: Endpoint, model: str, params: dict[str, Any]):
         self.alias = alias
@@ -39,6 +41,7 @@ class ResolvedModel(Struct):
         self.endpoint = endpoint
         self.model = model
         self.params = params
+        self.chosen_by_name = False  # routed by its id alone (`gpt-4o` to OpenAI), nothing configured
 
     @property
     def is_local(self) -> bool:
@@ -78,6 +81,13 @@ def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
         if cfg.default_endpoint not in cfg.endpoints:
             raise ConfigError(f"default_endpoint {cfg.default_endpoint!r} is not among the endpoints")
         return ResolvedModel(name, cfg.default_endpoint, cfg.endpoints[cfg.default_endpoint], name, {})
+    for kind in BUILTIN_PROVIDERS:  # a provider's own model ids, when its credentials are there
+        cls = provider(kind)
+        claims = getattr(cls, "claims", None)
+        if claims is not None and claims(name):
+            r = ResolvedModel(name, kind, cfg.endpoints.get(kind) or cls.default_endpoint(), name, {})
+            r.chosen_by_name = True
+            return r
     raise ConfigError(
         f"no endpoint for model {name!r}: give --base-url URL, define it under `models:` in a config "
         f"file, write it as openai:{name} / anthropic:{name} / argo:{name}, or use `local`"
