@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -329,3 +330,163 @@ def test_tls_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> 
             await default.aclose()
             assert len(srv.requests) == 1
     arun(go())
+
+
+# --- a connection belongs to one request -------------------------------------------------------------
+
+def echo(head: bytes, body: bytes) -> bytes:
+    return ok(b'{"echo": %s}' % body)
+
+
+@pytest.mark.parametrize("extra", [
+    "a second whole answer",  # what a confused proxy or server may send
+    "half of a second answer",  # a stray answer cut in the middle: its rest comes later
+])
+def test_an_answer_nobody_asked_for_retires_the_connection_and_no_request_gets_another_s(extra: str) -> None:
+    async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        stray = ok(b'{"echo": "stray %d"}' % n)
+        writer.write(echo(head, body) + (stray if extra.startswith("a second") else stray[:30]))
+        return True
+
+    async def go() -> None:
+        async with RawServer(script) as srv:
+            pool = ConnectionPool(timeout=5)
+            bodies = [b'"p%d"' % i for i in range(50)]
+            for _ in range(3):  # waves: connections freed by one wave are what the next would reuse
+                answers = await asyncio.wait_for(asyncio.gather(*(pool.request("POST", srv.url(), b)
+                                                                  for b in bodies)), 20)
+                assert [a.body for a in answers] == [b'{"echo": %s}' % b for b in bodies]
+            assert srv.connections >= 150  # every connection retired after its one answer
+            await pool.aclose()
+    arun(go())
+
+
+def test_bytes_on_an_idle_connection_retire_it() -> None:
+    srv: RawServer
+
+    async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(echo(head, body))
+        await writer.drain()
+        if n == 1:
+            await srv.release.wait()  # after the answer, while the connection sits idle
+            writer.write(ok(b'{"echo": "stray"}'))
+        return True
+
+    async def go() -> None:
+        nonlocal srv
+        async with RawServer(script) as srv:
+            pool = ConnectionPool(timeout=5)
+            assert (await pool.request("POST", srv.url(), b"1")).body == b'{"echo": 1}'
+            srv.release.set()
+            await until(lambda: pool.open_connections == 0, turns=10_000)
+            assert (await pool.request("POST", srv.url(), b"2")).body == b'{"echo": 2}'
+            assert srv.connections == 2
+            await pool.aclose()
+    arun(go())
+
+
+def test_every_request_ends_within_its_timeout_whatever_the_server_does() -> None:
+    async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        if n % 3 == 0:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")  # and then nothing
+        else:
+            writer.write(echo(head, body) + ok(b"{}"))
+        return True
+
+    async def go() -> None:
+        async with RawServer(script) as srv:
+            pool = ConnectionPool(timeout=0.3)
+            started = time.monotonic()
+            results = await asyncio.gather(*(pool.request("POST", srv.url(), b"%d" % i) for i in range(30)),
+                                           return_exceptions=True)
+            assert time.monotonic() - started < 3
+            for i, r in enumerate(results):
+                assert isinstance(r, Timeout) or r.body == b'{"echo": %d}' % i
+            await pool.aclose()
+    arun(go())
+
+
+def test_oversized_headers_and_decompression_bombs_are_refused_and_gzip_members_are_all_read() -> None:
+    bomb = gzip.compress(b"\0" * (300 << 20))
+    members = gzip.compress(b'{"a": ') + gzip.compress(b"1}")
+
+    async def go() -> None:
+        answers = [ok(b"{}", b"X-Big: " + b"x" * (300 << 10)), ok(bomb, b"Content-Encoding: gzip"),
+                   ok(members, b"Content-Encoding: gzip")]
+        async with RawServer(serve(*answers)) as srv:
+            pool = ConnectionPool(timeout=30)
+            with pytest.raises(BadResponse, match="headers over 256 KiB"):
+                await pool.request("POST", srv.url(), b"{}")
+            with pytest.raises(BadResponse, match="over 256 MiB once decompressed"):
+                await pool.request("POST", srv.url(), b"{}")
+            assert (await pool.request("POST", srv.url(), b"{}")).body == b'{"a": 1}'
+            await pool.aclose()
+    arun(go())
+
+
+def test_a_cancelled_request_leaves_no_timer_behind() -> None:
+    async def go() -> None:
+        async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+            await srv.release.wait()
+            return True
+        async with RawServer(script) as srv:
+            pool = ConnectionPool(timeout=60)
+            task = asyncio.ensure_future(pool.request("POST", srv.url(), b"{}"))
+            await until(lambda: len(srv.requests) == 1)
+            conn = next(iter(pool._all))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert conn.timer is None and conn.closed
+            await pool.aclose()
+    arun(go())
+
+
+def test_through_the_cli_every_row_gets_its_own_answer_when_a_server_sends_extra_ones(tmp_path: Path) -> None:
+    """A server (or something between) that follows each answer with another: the CLI's rows stay right."""
+    import json
+    import threading
+
+    from conftest import cli_command, read_jsonl, subprocess_env
+
+    def answer_for(body: bytes, text: str) -> bytes:
+        return ok(orjson.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
+
+    async def script(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        prompt = orjson.loads(body)["messages"][-1]["content"]
+        writer.write(answer_for(body, "echo: " + prompt) + answer_for(body, "echo: stray"))
+        return True
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve_in_thread() -> None:
+        async def main() -> None:
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            async with RawServer(script) as srv:
+                box["port"] = srv.port
+                ready.set()
+                await box["stop"].wait()
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve_in_thread, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        inp = tmp_path / "in.jsonl"
+        inp.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(50)))
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(f"endpoints: {{raw: {{kind: openai, base_url: 'http://127.0.0.1:{box['port']}/v1', "
+                       f"timeout: 5}}}}\ndefault_endpoint: raw\n")
+        done = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg,
+                                          "--model", "m", "-q", "-c", 10), env=subprocess_env(), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+        assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(50))
+        assert all(r["completion"] == f"echo: prompt {r['id'][1:]}" for r in rows)
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)

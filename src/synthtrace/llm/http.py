@@ -31,6 +31,8 @@ DNS_TTL_S = 300.0
 # connections after a few seconds (uvicorn, so vLLM and SGLang: 5 s), and a request sent just as the
 # server hangs up fails. A `Keep-Alive: timeout=N` header from the server shortens it.
 KEEPALIVE_EXPIRY_S = 4.0
+MAX_HEADER_BYTES = 256 * 1024  # an answer's headers, all together
+MAX_BODY_BYTES = 256 * 1024 * 1024  # an answer's body, before and after decompression
 # The headers anything here or in the clients reads. Providers send a score of others (rate-limit
 # counters, tracing ids, CDN fields); decoding them all would cost more than parsing the status line.
 KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"keep-alive",
@@ -95,10 +97,16 @@ class _Target(Struct):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: at most one request in flight, answered through a future."""
+    """One keep-alive connection, owned by one request from its send to the end of its answer.
+
+    It goes back to the pool only after a whole answer to the request it carries, once the bytes
+    that brought it are parsed, and only if nothing else came: an answer nobody asked for (a second
+    one, or bytes on an idle connection) retires it, so two requests can never share it.
+    """
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "status", "headers", "chunks",
-                 "headers_done", "closed", "idle_since", "expiry", "timer")
+                 "headers_done", "closed", "idle_since", "expiry", "timer", "answered", "keep", "stray",
+                 "header_bytes", "body_bytes")
 
     def __init__(self, pool: ConnectionPool, origin: tuple[str, str, int]):
         self.pool = pool
@@ -114,19 +122,32 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.expiry = pool.keepalive_expiry
         self.timer: asyncio.TimerHandle | None = None
+        self.answered = False  # the request on this connection has had its whole answer
+        self.keep = False  # ... and the server allows reusing the connection
+        self.stray = False  # an answer began that no request asked for
+        self.header_bytes = 0
+        self.body_bytes = 0
 
     # asyncio protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # bytes nobody asked for: the connection cannot be trusted any more
+        if self.waiter is None or self.answered:  # bytes nobody asked for: never trust the connection again
             self.close()
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(BadResponse(f"unparseable HTTP response: {e}"))
+        except httptools.HttpParserError as e:  # a limit raised in a callback comes wrapped in one
+            limit = e.__context__ if isinstance(e.__context__, _TooLarge) else None
+            self._fail(BadResponse(str(limit) if limit else f"unparseable HTTP response: {e}"))
+            return
+        if self.answered:  # the whole answer is in: hand the connection back, unless more came with it
+            self.waiter = None
+            if self.keep and not self.stray and not self.closed:
+                self.pool._release(self)
+            else:
+                self.close()
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost settles any waiter
@@ -143,7 +164,14 @@ class _Connection(asyncio.Protocol):
                 self._fail(ConnectionLost(f"server closed the connection {got}{reason}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.answered:  # a second answer to one request
+            self.stray = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise _TooLarge(f"headers over {MAX_HEADER_BYTES // 1024} KiB")
         name = name.lower()
         if name in KEPT_HEADERS:
             self.headers[name.decode("latin-1")] = value.decode("latin-1")
@@ -153,20 +181,24 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self.answered:
+            return
+        self.body_bytes += len(body)
+        if self.body_bytes > MAX_BODY_BYTES:
+            raise _TooLarge(f"body over {MAX_BODY_BYTES >> 20} MiB")
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.answered:  # the end of an answer nobody asked for
+            return
         if self.status < 200:  # 1xx interim answer: the real one follows on this connection
             self.headers, self.chunks, self.headers_done = {}, [], False
             return
-        keep = self.parser.should_keep_alive()
+        self.keep = self.parser.should_keep_alive()
         if "keep-alive" in self.headers:
             self._note_keepalive(self.headers["keep-alive"])
-        self._finish()
-        if keep and not self.closed:
-            self.pool._release(self)
-        else:
-            self.close()
+        self.answered = True
+        self._finish(keep_waiter=True)
 
     def _note_keepalive(self, value: str) -> None:
         for part in value.split(","):
@@ -179,8 +211,12 @@ class _Connection(asyncio.Protocol):
 
     # request side
     def send(self, data: bytes, waiter: asyncio.Future[Response], timeout: float) -> None:
+        if self.waiter is not None:  # never two requests on one connection
+            raise RuntimeError("a connection was handed to a second request")
         self.waiter = waiter
         self.status, self.headers, self.chunks, self.headers_done = 0, {}, [], False
+        self.answered = self.keep = self.stray = False
+        self.header_bytes = self.body_bytes = 0
         if self.closed or self.transport.is_closing():  # type: ignore[union-attr]
             self._fail(ConnectionLost("server closed the connection before the request was sent"))
             return
@@ -190,8 +226,12 @@ class _Connection(asyncio.Protocol):
     def _until_eof(self) -> bool:
         return "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
 
-    def _finish(self) -> None:
-        waiter, self.waiter = self.waiter, None
+    def _finish(self, keep_waiter: bool = False) -> None:
+        """Settle the waiter with the answer. `keep_waiter`: the connection stays its request's until
+        the bytes being parsed are done (see `data_received`)."""
+        waiter = self.waiter
+        if not keep_waiter:
+            self.waiter = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -203,9 +243,9 @@ class _Connection(asyncio.Protocol):
         if encoding and body:
             try:
                 body = _decompress(encoding, body)
-            except zlib.error as e:
+            except (zlib.error, _TooLarge) as e:
                 waiter.set_exception(BadResponse(f"body does not decode as {encoding}: {e}"))
-                self.close()
+                self.keep = False
                 return
         waiter.set_result(Response(self.status, self.headers, body))
 
@@ -224,6 +264,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Drop the connection now (never reused)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if not self.closed:
             self.closed = True
             self.pool._forget(self)
@@ -252,15 +295,35 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
+class _TooLarge(Exception):
+    """An answer over the size this client takes (headers, body, or body once decompressed)."""
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """Decompress every member of `body` (a gzip stream may hold several), at most MAX_BODY_BYTES."""
+    out, total = [], 0
+    while body:
+        d = zlib.decompressobj(wbits)
+        part = d.decompress(body, MAX_BODY_BYTES - total + 1)
+        total += len(part)
+        if total > MAX_BODY_BYTES or d.unconsumed_tail:
+            raise _TooLarge(f"body over {MAX_BODY_BYTES >> 20} MiB once decompressed")
+        out.append(part)
+        if not d.eof:
+            raise zlib.error("truncated compressed body")
+        body = d.unused_data
+    return b"".join(out)
+
+
 def _decompress(encoding: str, body: bytes) -> bytes:
     encoding = encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
-        return zlib.decompress(body, wbits=31)
+        return _inflate(body, 31)
     if encoding == "deflate":  # zlib-wrapped as the RFC says, raw as some servers send it
         try:
-            return zlib.decompress(body)
+            return _inflate(body, 15)
         except zlib.error:
-            return zlib.decompress(body, wbits=-15)
+            return _inflate(body, -15)
     if encoding == "identity":
         return body
     raise zlib.error(f"unsupported content-encoding {encoding!r}")
@@ -349,8 +412,9 @@ class ConnectionPool:
         except asyncio.CancelledError:
             if not expired:
                 raise
-            if hasattr(task, "uncancel"):  # 3.11+: this cancellation was ours, not the caller's
-                task.uncancel()
+            if hasattr(task, "uncancel"):  # 3.11+: this cancellation was ours, not the caller's ...
+                if task.uncancel() > 0:  # ... unless the caller cancelled too, in the same tick
+                    raise
             raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s") from None
         except OSError as e:  # ssl.SSLError included
             self._dns.pop((host, port), None)  # the next try looks the name up again
