@@ -8,24 +8,27 @@ interim 1xx answers, hang-ups before and during an answer, garbage, silence, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import json
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import arun
+from conftest import arun, cli_command, read_jsonl, subprocess_env
 
 from synthtrace.llm.base import HTTPClient
 from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, Timeout
-from synthtrace.types import FatalError, RetryableError
+from synthtrace.types import EndpointRefused, RetryableError
 
 # answer(n, head, body, writer) writes the n-th request's answer; returns False to hang up afterwards
 Answer = Callable[[int, bytes, bytes, asyncio.StreamWriter], Awaitable[bool | None]]
@@ -294,9 +297,9 @@ def test_http_client_maps_redirects_and_transport_failures_to_engine_errors() ->
 
         async with RawServer(script) as srv:
             client = HTTPClient(f"http://127.0.0.1:{srv.port}/v1", timeout=10)
-            with pytest.raises(FatalError, match="308 redirect to https://api.example.test"):
+            with pytest.raises(EndpointRefused, match="308 redirect to https://api.example.test"):
                 await client.post_json(srv.url(), {"a": 1})
-            with pytest.raises(RetryableError, match="connection failed"):
+            with pytest.raises(RetryableError, match="connection lost: server closed the connection before an answer"):
                 await client.post_json(srv.url(), {"a": 1})
             await client.aclose()
     arun(go())
@@ -330,6 +333,44 @@ def test_tls_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> 
             await default.aclose()
             assert len(srv.requests) == 1
     arun(go())
+
+
+@contextlib.contextmanager
+def served_in_a_thread(answer: Answer, ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A RawServer on its own loop in a thread (for a CLI child process to talk to); yields its port."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve_in_thread() -> None:
+        async def main() -> None:
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            async with RawServer(answer, ssl_context) as srv:
+                box["port"] = srv.port
+                ready.set()
+                await box["stop"].wait()
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve_in_thread, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield box["port"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+def run_cli(tmp_path: Path, base_url: str, records: int, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`synthtrace run completions` over `records` prompts against `base_url`, as a child process."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(records)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"endpoints: {{raw: {{kind: openai, base_url: '{base_url}', timeout: 5}}}}\n"
+                   "default_endpoint: raw\n")
+    return subprocess.run(cli_command("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg,
+                                      "--model", "m", "-q", "-c", 10), env=subprocess_env(env), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # --- a connection belongs to one request -------------------------------------------------------------
@@ -444,11 +485,6 @@ def test_a_cancelled_request_leaves_no_timer_behind() -> None:
 
 def test_through_the_cli_every_row_gets_its_own_answer_when_a_server_sends_extra_ones(tmp_path: Path) -> None:
     """A server (or something between) that follows each answer with another: the CLI's rows stay right."""
-    import json
-    import threading
-
-    from conftest import cli_command, read_jsonl, subprocess_env
-
     def answer_for(body: bytes, text: str) -> bytes:
         return ok(orjson.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -459,34 +495,74 @@ def test_through_the_cli_every_row_gets_its_own_answer_when_a_server_sends_extra
         writer.write(answer_for(body, "echo: " + prompt) + answer_for(body, "echo: stray"))
         return True
 
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    def serve_in_thread() -> None:
-        async def main() -> None:
-            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-            async with RawServer(script) as srv:
-                box["port"] = srv.port
-                ready.set()
-                await box["stop"].wait()
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve_in_thread, daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        inp = tmp_path / "in.jsonl"
-        inp.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(50)))
-        cfg = tmp_path / "cfg.yaml"
-        cfg.write_text(f"endpoints: {{raw: {{kind: openai, base_url: 'http://127.0.0.1:{box['port']}/v1', "
-                       f"timeout: 5}}}}\ndefault_endpoint: raw\n")
-        done = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg,
-                                          "--model", "m", "-q", "-c", 10), env=subprocess_env(), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+    with served_in_a_thread(script) as port:
+        done = run_cli(tmp_path, f"http://127.0.0.1:{port}/v1", 50)
         assert done.returncode == 0, done.stderr
         rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
         assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(50))
         assert all(r["completion"] == f"echo: prompt {r['id'][1:]}" for r in rows)
+
+
+# --- failures that cannot heal stop the run ------------------------------------------------------------
+
+def test_a_closed_port_stops_the_run_at_once_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    done = run_cli(tmp_path, f"http://127.0.0.1:{port}/v1", 200)
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1
+    assert done.stderr.count("nothing listens there (connection refused)") == 1, done.stderr
+    assert read_jsonl(tmp_path / "run" / "rows.jsonl") == [] and read_jsonl(tmp_path / "run" / "rejected.jsonl") == []
+
+
+def test_a_certificate_for_another_host_stops_the_run_at_once(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=other.test", "-addext", "subjectAltName=DNS:other.test"],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with served_in_a_thread(serve(ok(b"{}")), context) as port:
+        started = time.monotonic()
+        done = run_cli(tmp_path, f"https://127.0.0.1:{port}/v1", 100, env={"SSL_CERT_FILE": str(cert)})
+    assert time.monotonic() - started < 10 and done.returncode == 1
+    assert done.stderr.count("its TLS certificate is not accepted") == 1, done.stderr
+    assert "IP address mismatch" in done.stderr or "doesn't match" in done.stderr or "mismatch" in done.stderr
+
+
+def test_an_address_that_drops_packets_does_not_hold_up_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Happy Eyeballs: the name's first address never completes a connect; the second answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    black_hole = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # a full accept queue: further connects there hang
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", black_hole))
+        fillers.append(f)
+
+    async def go() -> None:
+        async with RawServer(serve(ok(b'{"ok": 1}'))) as srv:
+            pool = ConnectionPool(connect_timeout=30)
+            addresses = [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", black_hole)),
+                         (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", srv.port))]
+
+            async def resolve(loop: Any, host: str, port: int) -> list[tuple]:
+                return addresses
+            monkeypatch.setattr(pool, "_resolve", resolve)
+            started = time.monotonic()
+            resp = await pool.request("POST", "http://api.invalid/v1/x", b"{}")
+            assert resp.body == b'{"ok": 1}' and time.monotonic() - started < 5
+            await pool.aclose()
+    try:
+        arun(go())
     finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
+        for f in fillers:
+            f.close()
+        listener.close()

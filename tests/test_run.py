@@ -454,3 +454,18 @@ def test_cache_prune_by_model_and_age(fp, cli, tmp_path, write_jsonl, config_fil
 def test_python_dash_m_entry_point(cli_subprocess):
     proc = cli_subprocess("--help")
     assert proc.returncode == 0 and "run" in proc.stdout and "cache" in proc.stdout
+
+
+def test_an_error_page_is_summarised_and_a_repeated_reason_printed_a_few_times(fp, cli, tmp_path, write_jsonl,
+                                                                              config_file, fast_backoff):
+    page = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>" + "<p>nginx</p>" * 500
+    fp.script(lambda body: True, Fault.status(502, body=page), repeat_last=True)
+    inp = write_jsonl(prompts(10))
+    result = cli(*run_args(inp, tmp_path / "run", config_file(max_retries=1)))
+    assert result.exit_code == 0, result.output
+    rejected = read_jsonl(tmp_path / "run" / "rejected.jsonl")
+    assert len(rejected) == 10
+    assert all("an HTML page (502 Bad Gateway)" in e["reason"] and "nginx" not in e["reason"] for e in rejected)
+    printed = [line for line in result.stderr.splitlines() if "an HTML page" in line and "…" not in line]
+    assert len(printed) == 3
+    assert "… and 7 more rejected for the same reason" in result.stderr

@@ -175,6 +175,15 @@ class RetryableError(LLMError):
     """5xx, timeouts, dropped connections, malformed or truncated bodies: worth another attempt."""
 
 
+class Unreachable(RetryableError):
+    """The connection could not be opened; `cause` says why ("dns", "tls", "refused", "timeout", "other").
+    The gateway stops the run when the cause cannot heal by retrying (see `Gateway`)."""
+
+    def __init__(self, message: str, cause: str = "other"):
+        super().__init__(message)
+        self.cause = cause
+
+
 class RateLimited(RetryableError):
     """HTTP 429. `retry_after` is the server's wish in seconds, when it said one."""
 

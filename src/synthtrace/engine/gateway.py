@@ -35,6 +35,7 @@ from synthtrace.types import (
     RetryableError,
     Struct,
     StructuredOutputError,
+    Unreachable,
 )
 
 if TYPE_CHECKING:
@@ -69,13 +70,14 @@ class GatewayStats(Struct):
 class _Endpoint(Struct):
     """A built client with its limiter and health."""
 
-    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local")
+    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local", "answered")
 
     def __init__(self, name: str, client: Client, limiter: Limiter):
         self.name = name
         self.client = client
         self.limiter = limiter
         self.local = bool(getattr(client, "in_process", False))  # free, and seeded per sample
+        self.answered = False  # it has answered at least once in this run
         self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
         self.failure_rate = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
 
@@ -239,6 +241,23 @@ class Gateway:
                         raise
                     await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
                     continue
+                except Unreachable as e:
+                    if e.cause in ("dns", "tls") or (e.cause == "refused" and not ep.answered):
+                        # It cannot heal by retrying: stop here, leave every record for the next run.
+                        ep.limiter.release()
+                        self.stats.failures += 1
+                        ep.refused = EndpointRefused(f"endpoint {ep.name!r}: {_cause_text(e)}: {e}")
+                        raise ep.refused from e
+                    ep.observe(True)
+                    errors += 1
+                    if errors > max_retries:
+                        ep.limiter.release()
+                        self.stats.failures += 1
+                        raise
+                    self.stats.retries += 1
+                    ep.limiter.release()
+                    await asyncio.sleep(_backoff(errors, ep.failure_rate))
+                    continue
                 except RetryableError:
                     ep.observe(True)
                     errors += 1
@@ -262,9 +281,12 @@ class Gateway:
                     if isinstance(e, FatalError) and e.run_level:
                         ep.refused = EndpointRefused(str(e), e.status)
                         raise ep.refused from e
+                    if isinstance(e, EndpointRefused):
+                        ep.refused = e
                     raise
                 ep.limiter.release()
                 ep.observe(False)
+                ep.answered = True
                 usage = result.usage
                 ep.limiter.on_success(tokens_est, usage.total_tokens)
                 break
@@ -318,6 +340,12 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
         return random.uniform(0.0, 0.01 * attempt)  # a few ms (with a rate budget; otherwise no wait)
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
+
+
+def _cause_text(e: Unreachable) -> str:
+    return {"dns": "the name does not resolve", "tls": "its TLS certificate is not accepted",
+            "refused": "nothing listens there (connection refused) and it has not answered in this run"
+            }.get(e.cause, "cannot connect")
 
 
 def _jitter(retry_after: float) -> float:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,8 @@ class RunResult(Struct):
 
 
 PUBLISH_EVERY_S = 2.0
+SAME_REASON_SHOWN = 3  # rejections printed per reason; rejected.jsonl has them all
+_NUMBERS = re.compile(r"\d+")
 
 
 async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
@@ -108,10 +112,15 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
     stop = asyncio.Event()
 
+    said: Counter[str] = Counter()  # rejection reasons printed, numbers taken out
+
     def reject(entry: dict[str, Any], message: str | None = None) -> None:
         store.reject(entry)
         if message:
-            console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
+            same = _NUMBERS.sub("#", str(entry.get("reason", message)))
+            said[same] += 1
+            if said[same] <= SAME_REASON_SHOWN:  # after a few, the rest of the same kind are counted
+                console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
     async def produce(progress: RunProgress) -> None:
         taken = 0
@@ -215,6 +224,9 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         if gateway.prices.unpriced:
             result.messages.append("no price known for " + ", ".join(sorted(gateway.prices.unpriced)) +
                                    ": their cost counts as 0 (add them under `prices:` in the config)")
+        for reason, n in said.items():
+            if n > SAME_REASON_SHOWN:
+                result.messages.append(f"… and {n - SAME_REASON_SHOWN:,} more rejected for the same reason: {reason}")
         journal.begin_close()  # its last commit and the WAL's checkpoint (fsyncs) go on beside what follows
         manifest.update(status=result.status, finished=time.time(), result=result.as_dict())
         store.write_manifest(manifest)

@@ -11,14 +11,23 @@ A provider is one class with `from_endpoint(name, endpoint)`, registered under i
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Protocol
 
 import orjson
 
 from synthtrace.config import Endpoint, secret
-from synthtrace.llm.http import ConnectionPool, HTTPError, Timeout
-from synthtrace.types import ChatRequest, ChatResult, EndpointRefused, FatalError, RateLimited, RetryableError
+from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, HTTPError, Timeout
+from synthtrace.types import (
+    ChatRequest,
+    ChatResult,
+    EndpointRefused,
+    FatalError,
+    RateLimited,
+    RetryableError,
+    Unreachable,
+)
 
 
 class Client(Protocol):
@@ -70,11 +79,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def provider_message(body: bytes, limit: int = 500) -> str:
-    """The provider's own error message, when the body carries one, else the raw body (trimmed)."""
+    """The provider's own error message, when the body carries one; an HTML page (a proxy's or a
+    load balancer's error page) by its title; else the raw body, trimmed."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:limit].decode("utf-8", "replace").strip()
+        text = body[:20_000].decode("utf-8", "replace").strip()
+        if text[:1] == "<" and re.search(r"(?i)<(?:!doctype html|html|head|body|title|h1)\b", text):
+            heading = re.search(r"(?is)<(title|h1)[^>]*>(.*?)</\1>", text)
+            summary = " ".join(re.sub(r"<[^>]+>", " ", heading.group(2)).split())[:120] if heading else ""
+            return f"an HTML page{f' ({summary})' if summary else ''}, {len(body):,} bytes"
+        return text[:limit]
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict) and err.get("message"):
@@ -111,8 +126,14 @@ class HTTPClient:
             resp = await pool.request("POST", url, orjson.dumps(payload), headers)
         except Timeout as e:
             raise RetryableError(f"{self.name}: request timed out ({e})") from e
-        except HTTPError as e:  # never opened, lost mid-answer, or not HTTP
-            raise RetryableError(f"{self.name}: connection failed: {e}") from e
+        except ConnectError as e:
+            raise Unreachable(f"{self.name}: {e}", e.cause) from e
+        except BadResponse as e:
+            raise RetryableError(f"{self.name}: unparseable answer: {e}") from e
+        except ConnectionLost as e:
+            raise RetryableError(f"{self.name}: connection lost: {e}") from e
+        except HTTPError as e:
+            raise RetryableError(f"{self.name}: {e}") from e
         status, body = resp.status, resp.body
         if status == 429:
             raise RateLimited(f"{self.name}: 429 rate limited: {provider_message(body)}",
@@ -120,8 +141,8 @@ class HTTPClient:
         if status >= 500 or status == 408:
             raise RetryableError(f"{self.name}: HTTP {status}: {provider_message(body)}")
         if 300 <= status < 400:  # an API that redirects a POST is misconfigured: say where it points
-            raise FatalError(f"{self.name}: HTTP {status} redirect to {resp.headers.get('location', '?')} "
-                             f"(set the endpoint's base_url to the final address)", status)
+            raise EndpointRefused(f"{self.name}: HTTP {status} redirect to {resp.headers.get('location', '?')} "
+                                  f"(set the endpoint's base_url to the final address)", status)
         if status >= 400:
             raise FatalError(f"{self.name}: HTTP {status}: {provider_message(body)}", status)
         try:

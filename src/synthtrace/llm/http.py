@@ -15,6 +15,8 @@ a connection that never opened from one lost mid-answer, and both from a timeout
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import socket
 import ssl
 import time
@@ -31,6 +33,7 @@ DNS_TTL_S = 300.0
 # connections after a few seconds (uvicorn, so vLLM and SGLang: 5 s), and a request sent just as the
 # server hangs up fails. A `Keep-Alive: timeout=N` header from the server shortens it.
 KEEPALIVE_EXPIRY_S = 4.0
+HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 MAX_HEADER_BYTES = 256 * 1024  # an answer's headers, all together
 MAX_BODY_BYTES = 256 * 1024 * 1024  # an answer's body, before and after decompression
 # The headers anything here or in the clients reads. Providers send a score of others (rate-limit
@@ -44,7 +47,22 @@ class HTTPError(Exception):
 
 
 class ConnectError(HTTPError):
-    """The connection could not be opened (DNS, refused, TLS handshake, connect timeout)."""
+    """The connection could not be opened. `cause` says why: "dns" (the name does not resolve),
+    "tls" (the certificate was not accepted), "refused" (nothing listens), "timeout", or "other"."""
+
+    def __init__(self, message: str, cause: str = "other"):
+        super().__init__(message)
+        self.cause = cause
+
+
+def connect_cause(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return "tls"
+    if isinstance(e, socket.gaierror):
+        return "dns"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused"
+    return "other"
 
 
 class ConnectionLost(HTTPError):
@@ -274,6 +292,15 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
 
 
+def _interleave(addresses: list[tuple]) -> list[tuple]:
+    """Addresses alternating between families, the first family first (RFC 8305, section 4)."""
+    by_family: dict[int, list[tuple]] = {}
+    for a in addresses:
+        by_family.setdefault(a[0], []).append(a)
+    groups = list(by_family.values())
+    return [a for round_ in itertools.zip_longest(*groups) for a in round_ if a is not None]
+
+
 def _ip_literal(host: str, port: int) -> list[tuple] | None:
     """The address itself when `host` is an IP literal: no lookup (nor resolver thread) needed."""
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -415,29 +442,42 @@ class ConnectionPool:
             if hasattr(task, "uncancel"):  # 3.11+: this cancellation was ours, not the caller's ...
                 if task.uncancel() > 0:  # ... unless the caller cancelled too, in the same tick
                     raise
-            raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s") from None
+            raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s",
+                               "timeout") from None
         except OSError as e:  # ssl.SSLError included
             self._dns.pop((host, port), None)  # the next try looks the name up again
-            raise ConnectError(f"cannot connect to {host}:{port}: {e}") from e
+            raise ConnectError(f"cannot connect to {host}:{port}: {e}", connect_cause(e)) from e
         finally:
             timer.cancel()
         self._all.add(conn)
         return conn
 
     async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
+        """Connect to one of the origin's addresses. Several are tried Happy Eyeballs style (RFC 8305):
+        families interleaved, the next attempt started when the last has not connected within
+        HAPPY_EYEBALLS_DELAY_S, the first to connect kept; so one address that drops packets does not
+        use up the whole connect deadline."""
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         context = self._ssl if scheme == "https" else None
-        error: Exception = OSError(f"no address for {host}")
-        for family, _type, proto, _name, address in await self._resolve(loop, host, port):
-            try:
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin), address[0], address[1], family=family, proto=proto,
-                    ssl=context, server_hostname=host if context else None)
-                return conn  # type: ignore[return-value]
-            except OSError as e:  # ssl.SSLError is one too
-                error = e
-        raise error
+        addresses = _interleave(await self._resolve(loop, host, port))
+
+        async def attempt(family: int, proto: int, address: tuple) -> _Connection:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self, origin), address[0], address[1], family=family, proto=proto,
+                ssl=context, server_hostname=host if context else None)
+            return conn  # type: ignore[return-value]
+
+        if len(addresses) == 1:
+            family, _type, proto, _name, address = addresses[0]
+            return await attempt(family, proto, address)
+        from asyncio import staggered
+
+        conn, _, errors = await staggered.staggered_race(
+            [functools.partial(attempt, a[0], a[2], a[4]) for a in addresses], HAPPY_EYEBALLS_DELAY_S)
+        if conn is None:
+            raise next((e for e in reversed(errors) if e is not None), OSError(f"no address for {host}"))
+        return conn
 
     async def _resolve(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple]:
         """Addresses for host:port, looked up once per DNS_TTL_S however many connections open at once."""
