@@ -469,3 +469,27 @@ def test_an_error_page_is_summarised_and_a_repeated_reason_printed_a_few_times(f
     printed = [line for line in result.stderr.splitlines() if "an HTML page" in line and "…" not in line]
     assert len(printed) == 3
     assert "… and 7 more rejected for the same reason" in result.stderr
+
+
+def test_a_provider_that_only_refuses_is_reported_and_under_stop_the_run_ends_with_its_own_code(
+        fp, cli, tmp_path, write_jsonl, config_file):
+    fp.script(lambda body: "stuck" in str(body), Fault.status(429, retry_after=0.1), repeat_last=True)
+    inp = write_jsonl(prompts(3, "fine") + [{"id": f"s{i}", "prompt": f"stuck {i}"} for i in range(5)])
+    out = tmp_path / "run"
+    result = cli(*run_args(inp, out, config_file(), "--stall-after", 0.5, "--on-stall", "stop"))
+    assert result.exit_code == 4, result.output
+    assert "stalled:" in result.stderr and "endpoint 'fake'" in result.stderr and "429" in result.stderr
+    assert sorted(r["id"] for r in read_jsonl(out / "rows.jsonl")) == ["r0", "r1", "r2"]  # what finished stays
+    assert read_jsonl(out / "rejected.jsonl") == []  # the rest is left for the next run
+    assert json.loads((out / "manifest.json").read_text())["status"] == "stalled"
+
+
+def test_under_the_wait_policy_a_stalled_run_finishes_once_the_provider_answers_again(
+        fp, cli, tmp_path, write_jsonl, config_file):
+    fp.script(lambda body: True, *([Fault.status(429, retry_after=0.1)] * 30), "fine at last", repeat_last=True)
+    inp = write_jsonl(prompts(3))
+    out = tmp_path / "run"
+    result = cli(*run_args(inp, out, config_file(), "--stall-after", 0.3))
+    assert result.exit_code == 0, result.output
+    assert "stalled:" in result.stderr and "waiting" in result.stderr and "answers again" in result.stderr
+    assert len(read_jsonl(out / "rows.jsonl")) == 3

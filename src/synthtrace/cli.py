@@ -47,6 +47,7 @@ def _table(*args: Any, **kwargs: Any) -> Any:
     return Table(*args, **kwargs)
 
 EXIT_BUDGET = 3
+EXIT_STALLED = 4
 
 # Parameter types are stateless, so options share them (each click.Path looks its name up through
 # gettext when it is built).
@@ -189,6 +190,8 @@ def _exit_for(result: Any) -> None:
         sys.exit(1)
     if result.status == "budget":
         sys.exit(EXIT_BUDGET)
+    if result.status == "stalled":
+        sys.exit(EXIT_STALLED)
 
 
 def _run_async(coro: Any) -> Any:

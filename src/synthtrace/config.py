@@ -78,6 +78,10 @@ class Limits:
     tpm: float | None = None
     max_retries: int = 6
     structured_reasks: int = 2
+    # An endpoint that answers nothing but 429s or 5xx for this long is stalled: the run says so, then
+    # keeps waiting ("wait") or stops with every finished row kept ("stop", exit status 4).
+    stall_after_s: float = 30.0
+    on_stall: Literal["wait", "stop"] = "wait"
 
 
 @dataclass

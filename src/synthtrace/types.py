@@ -216,6 +216,11 @@ class BudgetExceeded(RunStopped):
     """The run's --max-usd would be passed by this call; nothing was sent."""
 
 
+class Stalled(RunStopped):
+    """An endpoint answered nothing but refusals (429s, 5xx) for the stall window, and the run was
+    told to stop then (`--on-stall stop`)."""
+
+
 class EndpointRefused(RunStopped):
     """An endpoint refused the run as a whole (a bad or missing key, 401/403): nothing more is sent."""
 

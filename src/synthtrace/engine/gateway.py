@@ -70,7 +70,8 @@ class GatewayStats(Struct):
 class _Endpoint(Struct):
     """A built client with its limiter and health."""
 
-    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local", "answered")
+    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local", "answered", "failing_since",
+                 "last_failure", "stalled")
 
     def __init__(self, name: str, client: Client, limiter: Limiter):
         self.name = name
@@ -78,8 +79,17 @@ class _Endpoint(Struct):
         self.limiter = limiter
         self.local = bool(getattr(client, "in_process", False))  # free, and seeded per sample
         self.answered = False  # it has answered at least once in this run
+        self.failing_since: float | None = None  # monotonic time of the first refusal since its last answer
+        self.last_failure = ""  # what it said last time it refused
+        self.stalled = False  # the run has said it is stalled (and not yet that it recovered)
         self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
         self.failure_rate = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
+
+    def refusing(self, e: BaseException) -> None:
+        """A 429 or a 5xx: the endpoint makes no progress until it answers again."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_failure = str(e)[:300]
 
     def observe(self, failed: bool) -> None:
         self.failure_rate += ((1.0 if failed else 0.0) - self.failure_rate) * 0.02
@@ -121,6 +131,26 @@ class Gateway:
                               self._overrides["tpm"] or r.endpoint.tpm or limits.tpm, hard_cap=client.max_concurrency)
             ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, client, limiter)
         return ep
+
+    def stalls(self, window: float) -> list[tuple[str, float, str]]:
+        """Endpoints that have answered nothing but refusals for `window` seconds or more:
+        (name, seconds since the first refusal, what they said last)."""
+        now = time.monotonic()
+        return [(ep.name, now - ep.failing_since, ep.last_failure) for ep in self._endpoints.values()
+                if ep.failing_since is not None and now - ep.failing_since >= window]
+
+    def recovered(self) -> list[str]:
+        """Endpoints marked stalled that have answered since; they are marked recovered."""
+        back = [ep for ep in self._endpoints.values() if ep.stalled and ep.failing_since is None]
+        for ep in back:
+            ep.stalled = False
+        return [ep.name for ep in back]
+
+    def mark_stalled(self, name: str) -> bool:
+        """Note that the run said `name` is stalled; False when it had said so already."""
+        ep = self._endpoints[name]
+        was, ep.stalled = ep.stalled, True
+        return not was
 
     @property
     def in_flight(self) -> int:
@@ -234,6 +264,7 @@ class Gateway:
                         raise ep.refused
                     result = await ep.client.chat(req)
                 except RateLimited as e:
+                    ep.refusing(e)
                     ep.limiter.release_throttled(e.retry_after)
                     throttles += 1
                     self.stats.throttled += 1
@@ -258,7 +289,8 @@ class Gateway:
                     ep.limiter.release()
                     await asyncio.sleep(_backoff(errors, ep.failure_rate))
                     continue
-                except RetryableError:
+                except RetryableError as e:
+                    ep.refusing(e)
                     ep.observe(True)
                     errors += 1
                     if errors > max_retries:
@@ -287,6 +319,7 @@ class Gateway:
                 ep.limiter.release()
                 ep.observe(False)
                 ep.answered = True
+                ep.failing_since = None
                 usage = result.usage
                 ep.limiter.on_success(tokens_est, usage.total_tokens)
                 break

@@ -42,12 +42,17 @@ class RunProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._logger: asyncio.Task[None] | None = None
+        self.notice: str | None = None  # something the person watching must see (an endpoint stalled)
+
+    def note(self, notice: str | None) -> None:
+        """Show (or, with None, clear) a notice in the progress line."""
+        self.notice = notice
 
     def __enter__(self) -> RunProgress:
         if self.quiet:
             self._logger = asyncio.get_running_loop().create_task(self._log_every(10.0))
         else:
-            self._progress = _progress_bar(self.gateway, self.console.real)
+            self._progress = _progress_bar(self.gateway, self.console.real, self)
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total)
         return self
@@ -67,7 +72,8 @@ class RunProgress:
         while True:
             await asyncio.sleep(seconds)
             total = f"/{self.total}" if self.total else ""
-            print(f"[synthtrace] {self.label}: {self.done}{total} records · {stats_line(self.gateway)}",
+            notice = f" · {self.notice.upper()}" if self.notice else ""
+            print(f"[synthtrace] {self.label}: {self.done}{total} records · {stats_line(self.gateway)}{notice}",
                   file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
@@ -77,14 +83,18 @@ class RunProgress:
             self._progress.stop()
 
 
-def _progress_bar(gateway: Gateway, console: Console) -> Progress:
+def _progress_bar(gateway: Gateway, console: Console, progress_owner: RunProgress) -> Progress:
     """The terminal bar; rich.progress is imported only when one is shown (logs need none of it)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
     class LiveStats(ProgressColumn):
         def render(self, task: Any) -> Text:
-            return Text(stats_line(gateway), style="dim")
+            notice = getattr(progress_owner, "notice", None)
+            text = Text(stats_line(gateway), style="dim")
+            if notice:
+                text.append(f" · {notice}", style="bold yellow")
+            return text
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                     TimeRemainingColumn(), LiveStats(), console=console, refresh_per_second=4, transient=False)

@@ -199,18 +199,57 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             if settings.publish is not None and time.monotonic() >= publisher.due:
                 publisher.run("running")
 
+    window = settings.stall_after or limits.stall_after_s
+    policy = settings.on_stall or limits.on_stall
+
+    def say_recovered(progress: RunProgress) -> None:
+        for name in gateway.recovered():
+            console.print(f"[green]endpoint {escape(repr(name))} answers again[/green]", soft_wrap=True)
+            progress.note(None)
+
+    async def watch_stalls(progress: RunProgress, tasks: list[asyncio.Task[None]]) -> None:
+        """Say when an endpoint answers nothing but refusals for the stall window; stop the run then if
+        the policy says so (what was finished is kept; the rest waits for the next run)."""
+        while True:
+            await asyncio.sleep(min(1.0, window / 4))
+            say_recovered(progress)
+            for name, seconds, said in gateway.stalls(window):
+                since = time.strftime("%H:%M:%S", time.localtime(time.time() - seconds))
+                text = (f"endpoint {name!r} has answered nothing but refusals for {seconds:.{0 if seconds >= 10 else 1}f} s "
+                        f"(since {since}): {said}")
+                if gateway.mark_stalled(name):
+                    console.print(f"[bold yellow]stalled:[/bold yellow] {escape(text)}"
+                                  + (" — waiting (--on-stall stop stops the run instead)" if policy == "wait"
+                                     else " — stopping (--on-stall stop)"), soft_wrap=True)
+                    progress.note(f"stalled: {name} for {seconds:.0f} s")
+                if policy == "stop" and not stop.is_set():
+                    result.messages.append(f"stopped: {text}")
+                    result.status = "stalled"
+                    stop.set()
+                    for t in tasks:
+                        t.cancel()
+                    return
+
     publisher = _Publisher(store, settings.publish)
     try:
         with RunProgress(gateway, total, settings.quiet, console, recipe.name) as progress:
             tasks = [asyncio.create_task(work(progress)) for _ in range(workers)]
             producer = asyncio.create_task(produce(progress))
+            watchdog = asyncio.create_task(watch_stalls(progress, [producer, *tasks]))
             try:
-                await asyncio.gather(producer, *tasks)
+                done = await asyncio.gather(producer, *tasks, return_exceptions=True)
+                if result.status != "stalled":
+                    for outcome in done:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
             except BaseException:
                 for t in (producer, *tasks):
                     t.cancel()
                 await asyncio.gather(producer, *tasks, return_exceptions=True)
                 raise
+            finally:
+                watchdog.cancel()
+                say_recovered(progress)
     except (KeyboardInterrupt, asyncio.CancelledError):
         result.status = "interrupted"
         raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from synthtrace.options import option
 
@@ -33,6 +33,11 @@ class RunSettings:
     fresh: bool = option(False, "Ignore earlier results in the run dir and the journal.")
     strict: bool = option(False, "Stop before running anything if any input line is bad.")
     quiet: bool = option(False, "Log lines instead of a progress bar.", flags=("--quiet", "-q"))
+    on_stall: Literal["wait", "stop"] | None = option(
+        None, "When an endpoint answers only 429s or 5xx for --stall-after seconds: keep waiting, or stop with "
+              "every finished row kept (exit 4). Default: limits.on_stall in the config, else wait.")
+    stall_after: float | None = option(None, "Seconds without progress that make an endpoint stalled "
+                                             "(default: limits.stall_after_s, else 30).", min=0, min_open=True)
 
     # Set by code, not by flags.
     journal: Path | None = field(default=None, init=True, metadata={"internal": True})  # default OUTDIR/journal.db
