@@ -46,6 +46,9 @@ class Endpoint:
     headers: dict[str, str] = field(default_factory=dict)  # non-secret extra headers
     model_path: str | None = None  # local: a GGUF file; hf: DIR or DIR+ADAPTER_DIR
     n_ctx: int = 4096
+    proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT, or "direct"; default: HTTPS_PROXY & co.
+    ca_bundle: str | None = None  # certificates to trust beside the system's (and REQUESTS_CA_BUNDLE's)
+    verify: bool = True  # False trusts any certificate: anyone on the path can read and change the traffic
 
 
 @dataclass

@@ -199,7 +199,7 @@ class FatalError(LLMError):
         super().__init__(message)
         self.status = status
         # True when no record can succeed either (bad key, missing key): the run stops, records untouched
-        self.run_level = run_level or status in (401, 403)
+        self.run_level = run_level or status in (401, 403, 407)  # 407: the proxy wants credentials
 
 
 class RunStopped(Exception):

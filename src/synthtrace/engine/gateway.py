@@ -273,7 +273,7 @@ class Gateway:
                     await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
                     continue
                 except Unreachable as e:
-                    if e.cause in ("dns", "tls") or (e.cause == "refused" and not ep.answered):
+                    if e.cause in ("dns", "tls", "proxy") or (e.cause == "refused" and not ep.answered):
                         # It cannot heal by retrying: stop here, leave every record for the next run.
                         ep.limiter.release()
                         self.stats.failures += 1
@@ -377,6 +377,7 @@ def _backoff(attempt: int, failure_rate: float = 1.0) -> float:
 
 def _cause_text(e: Unreachable) -> str:
     return {"dns": "the name does not resolve", "tls": "its TLS certificate is not accepted",
+            "proxy": "the proxy does not let it through",
             "refused": "nothing listens there (connection refused) and it has not answered in this run"
             }.get(e.cause, "cannot connect")
 

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from synthtrace.config import Endpoint
-from synthtrace.llm.base import HTTPClient, malformed, url_and_key
+from synthtrace.llm.base import HTTPClient, malformed, network, url_and_key
+from synthtrace.llm.http import Network
 from synthtrace.llm.reasoning import join_reasoning, split_think
 from synthtrace.types import ChatRequest, ChatResult, Usage
 
@@ -25,11 +26,11 @@ class AnthropicClient(HTTPClient):
     native_schema = True
 
     def __init__(self, base_url: str = "https://api.anthropic.com", api_key: str | None = None,
-                 name: str = "anthropic", timeout: float = 600.0):
+                 name: str = "anthropic", timeout: float = 600.0, network: Network | None = None):
         headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        super().__init__(base_url, headers, timeout)
+        super().__init__(base_url, headers, timeout, network=network)
         self.name = name
         base = self.base_url
         self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
@@ -37,7 +38,7 @@ class AnthropicClient(HTTPClient):
     @classmethod
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> AnthropicClient:
         url, key = url_and_key(name, endpoint)
-        return cls(url, key, name=name, timeout=endpoint.timeout)
+        return cls(url, key, name=name, timeout=endpoint.timeout, network=network(name, endpoint))
 
     @staticmethod
     def claims(model: str) -> bool:

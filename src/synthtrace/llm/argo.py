@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from synthtrace.config import Endpoint, secret
-from synthtrace.llm.base import HTTPClient, malformed, url_and_key
+from synthtrace.llm.base import HTTPClient, malformed, network, url_and_key
+from synthtrace.llm.http import Network
 from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
 
@@ -27,9 +28,9 @@ def estimate_tokens(text: str) -> int:
 
 class ArgoClient(HTTPClient):
     def __init__(self, base_url: str, user: str | None, name: str = "argo", timeout: float = 600.0,
-                 api_key: str | None = None):
+                 api_key: str | None = None, network: Network | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        super().__init__(base_url, headers, timeout)
+        super().__init__(base_url, headers, timeout, network=network)
         self.name = name
         self.user = user
         self._url = base_url  # Argo's chat URL is used exactly as configured (it wants its trailing slash)
@@ -37,7 +38,8 @@ class ArgoClient(HTTPClient):
     @classmethod
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> ArgoClient:
         url, key = url_and_key(name, endpoint)
-        return cls(url, secret(endpoint.user_env or "ARGO_USER"), name=name, timeout=endpoint.timeout, api_key=key)
+        return cls(url, secret(endpoint.user_env or "ARGO_USER"), name=name, timeout=endpoint.timeout, api_key=key,
+                   network=network(name, endpoint))
 
     @staticmethod
     def claims(model: str) -> bool:

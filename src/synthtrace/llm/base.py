@@ -12,13 +12,14 @@ A provider is one class with `from_endpoint(name, endpoint)`, registered under i
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Any, Protocol
 
 import orjson
 
 from synthtrace.config import Endpoint, secret
-from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, HTTPError, Timeout
+from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, HTTPError, Network, Timeout
 from synthtrace.types import (
     ChatRequest,
     ChatResult,
@@ -46,6 +47,14 @@ class Client(Protocol):
     async def chat(self, req: ChatRequest) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def network(name: str, endpoint: Endpoint) -> Network:
+    """The endpoint's proxy and certificate settings; turning verification off is said out loud."""
+    if not endpoint.verify:
+        print(f"warning: endpoint {name!r}: TLS certificates are NOT verified (verify: false): anyone on the "
+              "network path can read and change this traffic, API keys included", file=sys.stderr, flush=True)
+    return Network(endpoint.proxy, endpoint.ca_bundle, endpoint.verify)
 
 
 def url_and_key(name: str, endpoint: Endpoint) -> tuple[str, str | None]:
@@ -110,18 +119,20 @@ class HTTPClient:
     in_process = False
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout: float = 600.0,
-                 connect_timeout: float = 30.0):
+                 connect_timeout: float = 30.0, network: Network | None = None):
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._network = network
         self._pool: ConnectionPool | None = None
 
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         """POST `payload`; return the decoded JSON body, or raise the error that fits the failure."""
         pool = self._pool
         if pool is None:
-            pool = self._pool = ConnectionPool(self._headers, self._timeout, self._connect_timeout)
+            pool = self._pool = ConnectionPool(self._headers, self._timeout, self._connect_timeout,
+                                               network=self._network)
         try:
             resp = await pool.request("POST", url, orjson.dumps(payload), headers)
         except Timeout as e:

@@ -7,21 +7,30 @@ body that fits in memory, answered by a body that fits in memory, on keep-alive 
 origins. Parsing — status line, headers, Content-Length, chunked encoding, keep-alive semantics — is
 llhttp (Node.js's parser) through httptools; TLS is the standard library's.
 
+Proxies as every HTTP client honours them (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, in
+either case, read by the standard library; or one proxy per endpoint): https goes through an HTTP
+CONNECT tunnel, plain http as absolute-form requests to the proxy, credentials in the proxy URL
+become a `Proxy-Authorization` header and are never shown. Certificates are verified against the
+system's store (`SSL_CERT_FILE` / `SSL_CERT_DIR` move it), or `REQUESTS_CA_BUNDLE`, or an endpoint's
+own bundle.
+
 Deliberately absent: redirects (an API that redirects a POST is misconfigured; the 3xx is returned
-as is), cookies, proxies, HTTP/2. Failures surface as the exceptions below so that callers can tell
-a connection that never opened from one lost mid-answer, and both from a timeout.
+as is), cookies, HTTP/2. Failures surface as the exceptions below so that callers can tell a
+connection that never opened from one lost mid-answer, and both from a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import itertools
+import os
 import socket
 import ssl
 import time
 import zlib
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -86,6 +95,75 @@ class Response(Struct):
         self.status = status
         self.headers = headers  # the KEPT_HEADERS that came, lower-case; a repeated one keeps its last value
         self.body = body
+
+
+class Proxy(Struct):
+    """An HTTP proxy: where it is, and the credentials its URL carried (as a header, never shown)."""
+
+    __slots__ = ("host", "port", "authorization")
+
+    def __init__(self, host: str, port: int, authorization: bytes | None = None):
+        self.host = host
+        self.port = port
+        self.authorization = authorization  # b"Basic …", or None
+
+    @classmethod
+    def parse(cls, url: str) -> Proxy:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"unsupported proxy {parts.scheme}://{parts.hostname or ''} (an http:// proxy is needed)")
+        auth = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = b"Basic " + base64.b64encode(pair)
+        return cls(parts.hostname, parts.port or 80, auth)
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"Proxy({self.shown})"
+
+    @property
+    def shown(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Network(Struct):
+    """How connections leave this machine: which proxy (None: the environment's; "direct": none) and
+    which certificates to trust (the system's store and the bundles named; `verify=False`: anything)."""
+
+    __slots__ = ("proxy", "ca_bundle", "verify")
+
+    def __init__(self, proxy: str | None = None, ca_bundle: str | None = None, verify: bool = True):
+        self.proxy = proxy
+        self.ca_bundle = ca_bundle
+        self.verify = verify
+
+    def proxy_for(self, scheme: str, host: str) -> Proxy | None:
+        if self.proxy == "direct":
+            return None
+        if self.proxy:
+            return Proxy.parse(self.proxy)
+        if not any(k.lower().endswith("_proxy") for k in os.environ):
+            return None
+        # the standard library's reading of them (a slow import: only when some are set)
+        from urllib.request import getproxies_environment, proxy_bypass_environment
+
+        proxies = getproxies_environment()  # HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY, either case
+        url = proxies.get(scheme) or proxies.get("all")
+        if not url or proxy_bypass_environment(host, proxies):
+            return None
+        return Proxy.parse(url)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The system's trust store (which `SSL_CERT_FILE` / `SSL_CERT_DIR` move), and beside it the
+        bundles that `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` and the endpoint's `ca_bundle` name."""
+        context = ssl.create_default_context()
+        for bundle in dict.fromkeys(filter(None, (os.environ.get("REQUESTS_CA_BUNDLE"),
+                                                  os.environ.get("CURL_CA_BUNDLE"), self.ca_bundle))):
+            context.load_verify_locations(cafile=bundle)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
 
 class _Target(Struct):
@@ -292,6 +370,30 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
 
 
+class _Handshake(asyncio.Protocol):
+    """The proxy's answer to a CONNECT: its status line, read up to the end of its headers."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.answer.done():
+            line = self.buffer.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split(" ", 2)
+            try:
+                self.answer.set_result((int(parts[1]), parts[2] if len(parts) > 2 else ""))
+            except (IndexError, ValueError):
+                self.answer.set_exception(ConnectError(f"the proxy did not answer in HTTP: {line[:80]!r}", "proxy"))
+        elif len(self.buffer) > MAX_HEADER_BYTES and not self.answer.done():
+            self.answer.set_exception(ConnectError("the proxy's answer to CONNECT is too long", "proxy"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectError("the proxy closed the connection instead of a tunnel", "proxy"))
+
+
 def _interleave(addresses: list[tuple]) -> list[tuple]:
     """Addresses alternating between families, the first family first (RFC 8305, section 4)."""
     by_family: dict[int, list[tuple]] = {}
@@ -365,7 +467,7 @@ class ConnectionPool:
 
     def __init__(self, headers: dict[str, str] | None = None, timeout: float = 600.0,
                  connect_timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None,
-                 keepalive_expiry: float = KEEPALIVE_EXPIRY_S):
+                 keepalive_expiry: float = KEEPALIVE_EXPIRY_S, network: Network | None = None):
         static = [(b"User-Agent", USER_AGENT), (b"Accept", b"application/json"),
                   (b"Accept-Encoding", b"gzip, deflate")]
         given = {k.lower() for k in (headers or {})}
@@ -376,6 +478,8 @@ class ConnectionPool:
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
         self._ssl = ssl_context
+        self.network = network or Network()
+        self._proxies: dict[tuple[str, str, int], Proxy | None] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._prepared: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[_Target, bytes]] = {}
@@ -403,10 +507,17 @@ class ConnectionPool:
             raise
 
     def _prepare(self, method: str, url: str, extra: tuple[tuple[str, str], ...]) -> tuple[_Target, bytes]:
-        """Where to connect, and the request's bytes up to its Content-Length value."""
+        """Where to connect, and the request's bytes up to its Content-Length value (through an http
+        proxy: the whole URL as the request target, and the proxy's credentials)."""
         target = _Target.parse(url)
         lines = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in extra)
-        head = (b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target.path, target.host_header)
+        request_target = target.path
+        proxy = self.proxy_for(target.origin)
+        if proxy is not None and target.origin[0] == "http":
+            request_target = b"http://%s%s" % (target.host_header, target.path)
+            if proxy.authorization:
+                lines += b"Proxy-Authorization: %s\r\n" % proxy.authorization
+        head = (b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), request_target, target.host_header)
                 + self._static + lines + b"Content-Length: ")
         if len(self._prepared) < 64:  # a handful of URLs and header sets per client; never a leak
             self._prepared[(method, url, extra)] = (target, head)
@@ -424,10 +535,18 @@ class ConnectionPool:
                     conn.close()
         return await self._open(origin)
 
+    def proxy_for(self, origin: tuple[str, str, int]) -> Proxy | None:
+        if origin not in self._proxies:
+            try:
+                self._proxies[origin] = self.network.proxy_for(origin[0], origin[1])
+            except ValueError as e:  # a proxy URL this client cannot use
+                raise ConnectError(str(e), "proxy") from None
+        return self._proxies[origin]
+
     async def _open(self, origin: tuple[str, str, int]) -> _Connection:
         scheme, host, port = origin
         if scheme == "https" and self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            self._ssl = self.network.ssl_context()
         # The deadline cancels this task, as asyncio.timeout does (3.11+): wait_for would wrap the
         # connect in a task of its own, a third of the CPU a first request costs.
         task = asyncio.current_task()
@@ -442,30 +561,74 @@ class ConnectionPool:
             if hasattr(task, "uncancel"):  # 3.11+: this cancellation was ours, not the caller's ...
                 if task.uncancel() > 0:  # ... unless the caller cancelled too, in the same tick
                     raise
-            raise ConnectError(f"cannot connect to {host}:{port} within {self.connect_timeout:g} s",
+            raise ConnectError(f"cannot connect to {self._where(origin)} within {self.connect_timeout:g} s",
                                "timeout") from None
         except OSError as e:  # ssl.SSLError included
-            self._dns.pop((host, port), None)  # the next try looks the name up again
-            raise ConnectError(f"cannot connect to {host}:{port}: {e}", connect_cause(e)) from e
+            self._dns.clear()  # the next try looks the names up again
+            raise ConnectError(f"cannot connect to {self._where(origin)}: {e}", connect_cause(e)) from e
         finally:
             timer.cancel()
         self._all.add(conn)
         return conn
 
+    def _where(self, origin: tuple[str, str, int]) -> str:
+        proxy = self.proxy_for(origin)
+        return f"{origin[1]}:{origin[2]}" + (f" through the proxy {proxy.shown}" if proxy else "")
+
     async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
+        proxy = self.proxy_for(origin)
+        if proxy is not None:
+            return await self._through(proxy, origin)
+        return await self._direct(origin)
+
+    async def _through(self, proxy: Proxy, origin: tuple[str, str, int]) -> _Connection:
+        """A connection to `origin` by way of an http proxy: for http, a connection to the proxy (the
+        requests name their URL); for https, a CONNECT tunnel through it with TLS to the origin inside."""
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        if scheme == "http":
+            return await self._race(origin, proxy.host, proxy.port, None)
+        handshake = _Handshake()
+        family, _t, proto, _n, address = (await self._resolve(loop, proxy.host, proxy.port))[0]
+        transport, _ = await loop.create_connection(lambda: handshake, address[0], address[1], family=family,
+                                                    proto=proto)
+        try:
+            auth = b"Proxy-Authorization: %s\r\n" % proxy.authorization if proxy.authorization else b""
+            shown = f"[{host}]" if ":" in host else host
+            transport.write(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
+                shown.encode("idna"), port, shown.encode("idna"), port, auth))
+            status, reason = await handshake.answer
+            if status == 407:
+                raise ConnectError(f"the proxy {proxy.shown} needs credentials (407 {reason}): put them in the "
+                                   "proxy URL, http://USER:PASSWORD@HOST:PORT", "proxy")
+            if status != 200:
+                raise ConnectError(f"the proxy {proxy.shown} refused the tunnel to {host}:{port} ({status} {reason})",
+                                   "proxy")
+            conn = _Connection(self, origin)
+            tls = await loop.start_tls(transport, conn, self._ssl, server_hostname=host)
+            conn.connection_made(tls)
+            return conn
+        except BaseException:
+            transport.abort()
+            raise
+
+    async def _direct(self, origin: tuple[str, str, int]) -> _Connection:
+        scheme, host, port = origin
+        return await self._race(origin, host, port, self._ssl if scheme == "https" else None)
+
+    async def _race(self, origin: tuple[str, str, int], host: str, port: int,
+                    context: ssl.SSLContext | None) -> _Connection:
         """Connect to one of the origin's addresses. Several are tried Happy Eyeballs style (RFC 8305):
         families interleaved, the next attempt started when the last has not connected within
         HAPPY_EYEBALLS_DELAY_S, the first to connect kept; so one address that drops packets does not
         use up the whole connect deadline."""
-        scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        context = self._ssl if scheme == "https" else None
         addresses = _interleave(await self._resolve(loop, host, port))
 
         async def attempt(family: int, proto: int, address: tuple) -> _Connection:
             _, conn = await loop.create_connection(
                 lambda: _Connection(self, origin), address[0], address[1], family=family, proto=proto,
-                ssl=context, server_hostname=host if context else None)
+                ssl=context, server_hostname=origin[1] if context else None)
             return conn  # type: ignore[return-value]
 
         if len(addresses) == 1:

@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from synthtrace.config import Endpoint
-from synthtrace.llm.base import HTTPClient, malformed, url_and_key
+from synthtrace.llm.base import HTTPClient, malformed, network, url_and_key
+from synthtrace.llm.http import Network
 from synthtrace.llm.reasoning import join_reasoning, split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
 
@@ -36,11 +37,12 @@ _OPENAI_IDS = re.compile(r"^(?:gpt-|chatgpt-|o[1-9](?:$|-)|text-|davinci|babbage
 
 class OpenAIClient(HTTPClient):
     def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
-                 structured: str = "json_schema", timeout: float = 600.0, extra_headers: dict[str, str] | None = None):
+                 structured: str = "json_schema", timeout: float = 600.0, extra_headers: dict[str, str] | None = None,
+                 network: Network | None = None):
         headers = dict(extra_headers or {})
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        super().__init__(base_url, headers, timeout)
+        super().__init__(base_url, headers, timeout, network=network)
         self.name = name
         self.structured = structured  # "json_schema" | "json_object" | "none"
         self.native_schema = structured == "json_schema"
@@ -50,7 +52,7 @@ class OpenAIClient(HTTPClient):
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> OpenAIClient:
         url, key = url_and_key(name, endpoint)
         return cls(url, key, name=name, structured=endpoint.structured, timeout=endpoint.timeout,
-                   extra_headers=endpoint.headers)
+                   extra_headers=endpoint.headers, network=network(name, endpoint))
 
     @staticmethod
     def claims(model: str) -> bool:
