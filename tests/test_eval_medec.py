@@ -142,8 +142,9 @@ def test_score_with_rouge_alone_makes_the_aggregate_rouge():
 def test_optional_metrics_are_skipped_cleanly_when_not_installed(monkeypatch):
     monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None)
     scorers, skipped = E.correction_scorers()
-    assert list(scorers) == ["rouge1_f"]
-    assert set(skipped) == {"bertscore", "bleurt"} and all("not installed" in why for why in skipped.values())
+    assert scorers == {}
+    assert set(skipped) == {"rouge1_f", "bertscore", "bleurt"} and all("not installed" in w for w in skipped.values())
+    assert "synthtrace[eval]" in skipped["rouge1_f"]
     monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: object())  # installed: offered, not run here
     scorers, skipped = E.correction_scorers("/models/BLEURT-20")
     assert list(scorers) == ["rouge1_f", "bertscore", "bleurt"] and skipped == {}
@@ -298,9 +299,10 @@ def test_failed_requests_and_bad_rows_are_counted_and_a_rerun_finishes(fp, cli, 
     assert (metrics["notes"], metrics["parsed"], metrics["missing"]) == (2, 1, 1)
     assert metrics["complete"] is False and metrics["missing_ids"] == ["ms-val-108"]
     assert metrics["error_flag_accuracy"] == metrics["error_sentence_accuracy"] == 0.5
-    # "inguinal orchiectomy is required" vs "radical inguinal orchiectomy is required": P 4/4, R 4/5 → F 8/9
-    assert metrics["correction"]["rouge1_f"] == {"composite": pytest.approx(4 / 9, abs=1e-6),
-                                                 "subset": pytest.approx(8 / 9, abs=1e-6)}
+    # "Inguinal orchiectomy is required." vs "Radical inguinal orchiectomy is required.", case-sensitive as
+    # the official ROUGE is: "Inguinal" is not "inguinal", so P 3/4, R 3/5 → F 2/3
+    assert metrics["correction"]["rouge1_f"] == {"composite": pytest.approx(1 / 3, abs=1e-6),
+                                                 "subset": pytest.approx(2 / 3, abs=1e-6)}
     assert (out / "submission.txt").read_text() == 'ms-val-219 1 1 "Inguinal orchiectomy is required."\n'
     assert "1 note(s) without a prediction" in first.stderr
     assert {e["id"] for e in read_jsonl(out / "rejected.jsonl")} == {"bad-type", "ms-val-108"}

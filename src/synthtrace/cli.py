@@ -355,7 +355,8 @@ def _print_eval(m: dict[str, Any], output: Path) -> None:
     metrics = [*m["correction_metrics"], "aggregate"] if m["correction_metrics"] else []
     table = _table(title="MEDEC: error detection and correction", title_justify="left",
                    caption="corrections: composite score (1 when both say NA, 0 when one does); "
-                           f"published rows: approximate, MEDEC test set — {m['published']['source']}",
+                           f"published rows: approximate, MEDEC test set — {m['published']['source']}; "
+                           f"this input: {m['published'].get('comparable', '')}",
                    caption_justify="left")
     for col in ("", "notes", "flag acc", "sentence acc", *(_METRIC_NAMES.get(k, k) for k in metrics), "unparseable"):
         table.add_column(col, justify="left" if not col else "right")
@@ -387,6 +388,11 @@ def _print_eval(m: dict[str, Any], output: Path) -> None:
         used = ", ".join(_METRIC_NAMES.get(k, k) for k in m["correction_metrics"])
         err.print(f"[yellow]aggregate = mean of {used} only: not the shared task's Aggregate "
                   "(ROUGE-1 F, BERTScore, BLEURT)[/yellow]", soft_wrap=True)
+    if m.get("altered_ids"):
+        ids = m["altered_ids"]
+        err.print(f"[yellow]{len(ids):,} correction(s) changed to be read back as they are by the official scorer "
+                  f"(backslashes, quotes at the ends, or no word at all; scored as changed): "
+                  f"{escape(', '.join(ids[:5]))}{' …' if len(ids) > 5 else ''}[/yellow]", soft_wrap=True)
     for w in m["warnings"]:
         err.print(f"[yellow]warning: {escape(w)}[/yellow]", soft_wrap=True)
     out.print(f"metrics:    {escape(str(output / METRICS))}", soft_wrap=True)

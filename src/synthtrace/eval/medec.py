@@ -22,15 +22,16 @@ The metrics are those of the MEDIQA-CORR 2024 evaluation script (github.com/abac
   otherwise the metric of the predicted against the reference sentence; the mean over all notes;
 - correction, `subset`: the metric's mean over the notes where both sides give a sentence (the
   script's `*_subset_check`);
-- `aggregate`: per note, the mean of the metrics available — ROUGE-1 F always; BERTScore
-  (microsoft/deberta-xlarge-mnli, rescaled with baseline) and BLEURT-20 when their packages are
-  installed — each clipped to [0, 1]. With all three it is the shared task's Aggregate score.
+- `aggregate`: per note, the mean of the metrics available — ROUGE-1 F (the `rouge` package, as the
+  official script computes it), BERTScore (microsoft/deberta-xlarge-mnli, rescaled with baseline)
+  and BLEURT-20, each when its package is installed — each clipped to [0, 1]. With all three it is
+  the shared task's Aggregate score.
 
 A note whose answer cannot be parsed, or that has no row (its request failed), is wrong on every
 count and scores 0 for its correction; both are counted and named. Such notes are left out of the
-submission file, which the official script also counts as wrong. ROUGE-1 F is
-`quality.similarity.rouge1_f` (rouge-score's tokenisation: lower-case runs of letters and digits);
-the official script used the `rouge` package, which splits on spaces, so figures can differ a little.
+submission file, which the official script also counts as wrong. Corrections are scored in the
+form the official script reads back from `submission.txt` (`submission_form`), so its figures for
+that file equal these; corrections that had to change for it are counted and named (`altered_ids`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ import orjson
 from synthtrace.engine.store import MANIFEST, ROWS, write_atomic
 from synthtrace.inputs import BadInput, Record, read_jsonl
 from synthtrace.options import option
-from synthtrace.quality.similarity import rouge1_f
 from synthtrace.recipe import LLM, Recipe
 from synthtrace.recipes.medec import prompts as P
 from synthtrace.recipes.medec.data import ERROR_TYPES, MedecCase, read_cases
 
 NO_ERROR = "none"  # the error type of a correct note
+MS_TEST_NOTES = 597  # notes in the public MEDEC-MS test set (its CSV ends with empty rows, which are skipped)
 SUBMISSION = "submission.txt"
 METRICS = "metrics.json"
 
@@ -142,10 +143,13 @@ class Reference:
     error_type: str = NO_ERROR
 
     @classmethod
-    def of(cls, case: MedecCase) -> Reference:
+    def of(cls, case: MedecCase, raw_correction: str | None = None) -> Reference:
+        """`raw_correction`: the reference correction exactly as the CSV holds it (line ends and all),
+        which is what the official ROUGE compares with; default, the case's own."""
         if not case.has_error:
             return cls(case.id, 0, -1, None)
-        return cls(case.id, 1, case.error_sentence_id, case.corrected_sentence, case.error_type or NO_ERROR)
+        return cls(case.id, 1, case.error_sentence_id, raw_correction or case.corrected_sentence,
+                   case.error_type or NO_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +160,18 @@ class Prediction:
 
     @property
     def correction(self) -> str | None:
-        """The correction that is scored: NA when the note is called correct (as the official script does)."""
-        return self.corrected_sentence if self.error_flag and self.corrected_sentence else None
+        """The correction that is scored: what the official scorer reads back from this prediction's
+        line in submission.txt (`submission_form`); NA when the note is called correct."""
+        if not self.error_flag or not self.corrected_sentence:
+            return None
+        return submission_form(self.corrected_sentence)
+
+    @property
+    def altered(self) -> bool:
+        """The correction had to change to survive the official scorer's reading (see `submission_form`)."""
+        if not self.error_flag or not self.corrected_sentence:
+            return False
+        return submission_form(self.corrected_sentence) != " ".join(self.corrected_sentence.split())
 
 
 @dataclass(slots=True)
@@ -172,7 +186,31 @@ class _Note:
 
 
 def rouge1_scores(predictions: list[str], references: list[str]) -> list[float]:
-    return [rouge1_f(p, r) for p, r in zip(predictions, references)]
+    """ROUGE-1 F as the official scorer computes it: the `rouge` package (case-sensitive, words split
+    at spaces and full stops, each distinct word counted once)."""
+    from rouge import Rouge  # the evaluation extra: pip install 'synthtrace[eval]'
+
+    return [s["rouge-1"]["f"] for s in Rouge(metrics=["rouge-1"]).get_scores(predictions, references)]
+
+
+def submission_form(correction: str) -> str | None:
+    """A correction as the official scorer reads it back from a submission line, or None (NA).
+
+    Its parser splits the line on whitespace (so newlines and runs of spaces become one space),
+    strips every quote from both ends, and hands the whole line to `re.sub` as a replacement
+    string (so a backslash either changes the text or stops the scorer); its ROUGE stops on a
+    correction with no word between the full stops. Here backslashes become slashes and a
+    correction with no word becomes NA; the figures synthtrace reports are computed on this form.
+    """
+    text = " ".join(correction.replace("\\", "/").split())
+    while text.startswith('"') and len(text) > 1:
+        text = text[1:]
+    while text.endswith('"') and len(text) > 1:
+        text = text[:-1]
+    text = text.strip()
+    if not text or text == '"' or not any(piece.strip() for piece in text.split(".")):
+        return None
+    return text
 
 
 def score(references: Sequence[Reference], predictions: Mapping[str, Prediction | None],
@@ -214,7 +252,9 @@ def score(references: Sequence[Reference], predictions: Mapping[str, Prediction 
             by_type[etype] = _figures(group, metrics)
     result.update(by_error_type=by_type, correction_metrics=available, skipped_metrics=skipped,
                   unparseable_ids=[n.ref.text_id for n in notes if n.status == "unparseable"],
-                  missing_ids=[n.ref.text_id for n in notes if n.status == "missing"])
+                  missing_ids=[n.ref.text_id for n in notes if n.status == "missing"],
+                  altered_ids=[r.text_id for r in references
+                               if (p := predictions.get(r.text_id)) is not None and p.altered])
     return result
 
 
@@ -249,14 +289,28 @@ def _figures(notes: list[_Note], metrics: list[str]) -> dict[str, Any]:
     }
 
 
+def _comparable(references: Sequence[Reference]) -> str:
+    """How far this input's figures can be set beside the published ones."""
+    ids = [r.text_id for r in references]
+    if ids and all(i.startswith("ms-test") for i in ids):
+        whole = " (all of it)" if len(ids) == MS_TEST_NOTES else f" ({len(ids):,} of its {MS_TEST_NOTES:,} notes)"
+        return (f"the public MEDEC-MS test set{whole}; the published test figures also count the UW notes, "
+                "so they are close to, not the same as, these")
+    return "not the MEDEC test set: the published rows are for orientation only"
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
 def correction_scorers(bleurt_checkpoint: str = "BLEURT-20") -> tuple[dict[str, Scorer], dict[str, str]]:
-    """ROUGE-1 F always; BERTScore and BLEURT when their packages are installed (otherwise named, with why)."""
-    scorers: dict[str, Scorer] = {"rouge1_f": rouge1_scores}
+    """ROUGE-1 F, BERTScore and BLEURT, each when its package is installed (otherwise named, with why)."""
+    scorers: dict[str, Scorer] = {}
     skipped: dict[str, str] = {}
+    if importlib.util.find_spec("rouge") is not None:
+        scorers["rouge1_f"] = rouge1_scores
+    else:
+        skipped["rouge1_f"] = "not installed (pip install 'synthtrace[eval]')"
     if importlib.util.find_spec("bert_score") is not None:
         scorers["bertscore"] = _bertscore
     else:
@@ -271,6 +325,7 @@ def correction_scorers(bleurt_checkpoint: str = "BLEURT-20") -> tuple[dict[str, 
 def _bertscore(predictions: list[str], references: list[str]) -> list[float]:
     from bert_score import score as bert_score  # optional; fetches its model on first use
 
+    # the official scorer's arguments (it also pins device="cpu", which changes nothing but speed)
     _, _, f1 = bert_score(predictions, references, model_type="microsoft/deberta-xlarge-mnli", lang="en",
                           rescale_with_baseline=True)
     return [float(v) for v in f1.tolist()]
@@ -279,15 +334,17 @@ def _bertscore(predictions: list[str], references: list[str]) -> list[float]:
 def _bleurt(predictions: list[str], references: list[str], checkpoint: str) -> list[float]:
     from bleurt import score as bleurt_score  # optional; `checkpoint` is a downloaded BLEURT-20 directory
 
+    # batch_size as the official scorer passes it: without one, BLEURT parses the command line as flags
     return [float(v) for v in bleurt_score.BleurtScorer(checkpoint).score(references=references,
-                                                                          candidates=predictions)]
+                                                                          candidates=predictions, batch_size=1)]
 
 
 def submission_line(text_id: str, p: Prediction) -> str:
-    """`text_id error_flag error_sentence_id "corrected sentence"`, or `text_id 0 -1 NA` (MEDIQA-CORR 2024)."""
+    """`text_id error_flag error_sentence_id "corrected sentence"`, or `text_id 0 -1 NA` (MEDIQA-CORR 2024);
+    the correction in the form the official scorer reads back as it is (`submission_form`)."""
     if not p.error_flag:
         return f"{text_id} 0 -1 NA"
-    fix = " ".join((p.correction or "").split())
+    fix = p.correction
     return f"{text_id} 1 {p.error_sentence_id} " + (f'"{fix}"' if fix else "NA")
 
 
@@ -298,14 +355,27 @@ def read_references(path: Path, max_records: int | None = None) -> list[Referenc
     `max_records`, bad rows included), less bad rows and repeated ids (the runner rejects those)."""
     refs: list[Reference] = []
     seen: set[str] = set()
+    raw = _raw_corrections(path)
     for taken, item in enumerate(read_cases(path)):
         if max_records is not None and taken >= max_records:
             break
         if isinstance(item, BadInput) or item.id in seen:
             continue
         seen.add(item.id)
-        refs.append(Reference.of(MedecCase.from_data(item.data)))
+        refs.append(Reference.of(MedecCase.from_data(item.data), raw.get(item.id)))
     return refs
+
+
+def _raw_corrections(path: Path) -> dict[str, str]:
+    """Text id → `Corrected Sentence` untouched, for an official CSV (the ROUGE package counts even the
+    empty piece after a final full stop and a line end as a word, so trimming would change figures)."""
+    if path.suffix.lower() != ".csv":
+        return {}
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return {row["Text ID"]: row["Corrected Sentence"] for row in csv.DictReader(f)
+                if row.get("Text ID") and (row.get("Corrected Sentence") or "").strip()}
 
 
 def read_predictions(rows_path: Path) -> tuple[dict[str, Prediction | None], set[str], list[str]]:
@@ -354,7 +424,7 @@ def evaluate(input_path: Path, outdir: Path, *, max_records: int | None = None,
     metrics = {"benchmark": "MEDEC, scored as in MEDIQA-CORR 2024", "input": str(input_path), "model": model,
                "complete": not figures["missing"], **figures,
                "unparseable_truncated": len(truncated & set(figures["unparseable_ids"])), "warnings": warnings,
-               "published": {"source": SOURCE, "rows": list(PUBLISHED),
+               "published": {"source": SOURCE, "rows": list(PUBLISHED), "comparable": _comparable(references),
                              "note": "approximate; MEDEC test set (MS and UW notes)"}}
     lines = [submission_line(r.text_id, p) for r in references if (p := predictions.get(r.text_id)) is not None]
     write_atomic(outdir / SUBMISSION, "".join(f"{line}\n" for line in lines).encode())

@@ -126,7 +126,8 @@ def render_verdict(error_found: bool, sentence_id: int, corrected: str | None) -
 _END = r"\s*\**\s*(?::|\s-\s)\s*\**\s*"
 _VERDICT = re.compile(rf"verdict{_END}(correct|error)\b", re.IGNORECASE)
 _SENTENCE = re.compile(rf"error\s+sentence(?:\s+(?:id|number))?{_END}(-?\d+)", re.IGNORECASE)
-_CORRECTION = re.compile(rf"correct(?:ion|ed\s+sentence){_END}(.+)", re.IGNORECASE)
+# The correction runs to the end of the answer, or to a blank line: some span several lines.
+_CORRECTION = re.compile(rf"correct(?:ion|ed\s+sentence){_END}(.+?)(?:\n\s*\n|\Z)", re.IGNORECASE | re.DOTALL)
 _NO_CORRECTION = {"", "na", "n/a", "none"}
 
 
