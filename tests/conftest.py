@@ -8,11 +8,13 @@ every subprocess, so a developer's real keys can neither leak into a run dir nor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -167,3 +169,29 @@ def kill_9_when(proc: subprocess.Popen[Any], ready: Callable[[], bool], timeout:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(*servers: Any) -> Iterator[list[Any]]:
+    """Async context managers (servers) entered on an event loop of their own, in a thread, for a CLI
+    child process to talk to; yields what each gave, and leaves them when the block ends."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        async def main() -> None:
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            async with contextlib.AsyncExitStack() as stack:
+                box["entered"] = [await stack.enter_async_context(s) for s in servers]
+                ready.set()
+                await box["stop"].wait()
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10), "the servers did not start"
+    try:
+        yield box["entered"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)

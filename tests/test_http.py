@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import arun, cli_command, read_jsonl, subprocess_env
+from conftest import arun, cli_command, read_jsonl, serving_in_a_thread, subprocess_env
 
 from synthtrace.llm.base import HTTPClient
 from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, Timeout
@@ -337,27 +336,9 @@ def test_tls_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> 
 
 @contextlib.contextmanager
 def served_in_a_thread(answer: Answer, ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
-    """A RawServer on its own loop in a thread (for a CLI child process to talk to); yields its port."""
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    def serve_in_thread() -> None:
-        async def main() -> None:
-            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-            async with RawServer(answer, ssl_context) as srv:
-                box["port"] = srv.port
-                ready.set()
-                await box["stop"].wait()
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve_in_thread, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield box["port"]
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
+    """A RawServer on a loop of its own in a thread (for a CLI child process to talk to); yields its port."""
+    with serving_in_a_thread(RawServer(answer, ssl_context)) as (srv,):
+        yield srv.port
 
 
 def run_cli(tmp_path: Path, base_url: str, records: int, env: dict[str, str] | None = None,

@@ -16,13 +16,12 @@ import json
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import arun, cli_command, read_jsonl, subprocess_env
+from conftest import arun, cli_command, read_jsonl, serving_in_a_thread, subprocess_env
 from test_http import RawServer, ok, serve
 
 from synthtrace.llm.http import ConnectError, ConnectionPool, Network
@@ -182,26 +181,8 @@ def test_a_certificate_for_another_host_is_refused_through_the_tunnel(ca, monkey
 @contextlib.contextmanager
 def in_a_thread(ca: dict[str, Path], credentials: str | None) -> Iterator[dict[str, Any]]:
     """A TLS server and a proxy in front of it, on a loop of their own (for a CLI child process)."""
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        async def main() -> None:
-            body = orjson_body("echo: through")
-            async with RawServer(serve(body), tls(ca)) as srv, Proxy(credentials) as proxy:
-                box.update(loop=asyncio.get_running_loop(), stop=asyncio.Event(), server=srv.port, proxy=proxy)
-                ready.set()
-                await box["stop"].wait()
-        asyncio.run(main())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield box
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
+    with serving_in_a_thread(RawServer(serve(orjson_body("echo: through")), tls(ca)), Proxy(credentials)) as (srv, p):
+        yield {"server": srv.port, "proxy": p}
 
 
 def orjson_body(text: str) -> bytes:

@@ -272,24 +272,14 @@ class Gateway:
                         raise
                     await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
                     continue
-                except Unreachable as e:
-                    if e.cause in ("dns", "tls", "proxy") or (e.cause == "refused" and not ep.answered):
+                except RetryableError as e:
+                    if isinstance(e, Unreachable) and (e.cause in ("dns", "tls", "proxy")
+                                                       or (e.cause == "refused" and not ep.answered)):
                         # It cannot heal by retrying: stop here, leave every record for the next run.
                         ep.limiter.release()
                         self.stats.failures += 1
                         ep.refused = EndpointRefused(f"endpoint {ep.name!r}: {_cause_text(e)}: {e}")
                         raise ep.refused from e
-                    ep.observe(True)
-                    errors += 1
-                    if errors > max_retries:
-                        ep.limiter.release()
-                        self.stats.failures += 1
-                        raise
-                    self.stats.retries += 1
-                    ep.limiter.release()
-                    await asyncio.sleep(_backoff(errors, ep.failure_rate))
-                    continue
-                except RetryableError as e:
                     ep.refusing(e)
                     ep.observe(True)
                     errors += 1
@@ -298,7 +288,7 @@ class Gateway:
                         self.stats.failures += 1
                         raise
                     self.stats.retries += 1
-                    if ep.failure_rate < SPORADIC_FAILURE_RATE and ep.limiter.unmetered:
+                    if ep.failure_rate < SPORADIC_FAILURE_RATE and ep.limiter.unmetered and not isinstance(e, Unreachable):
                         # A healthy endpoint's odd failure: ask again at once, in the same slot. Given
                         # back, the slot went to a waiting request and the retry waited for the next
                         # one to free — near the end of a burst of answers, a whole round.
