@@ -288,7 +288,8 @@ class Gateway:
                         self.stats.failures += 1
                         raise
                     self.stats.retries += 1
-                    if ep.failure_rate < SPORADIC_FAILURE_RATE and ep.limiter.unmetered and not isinstance(e, Unreachable):
+                    sporadic = ep.failure_rate < SPORADIC_FAILURE_RATE and not isinstance(e, Unreachable)
+                    if sporadic and ep.limiter.unmetered:
                         # A healthy endpoint's odd failure: ask again at once, in the same slot. Given
                         # back, the slot went to a waiting request and the retry waited for the next
                         # one to free — near the end of a burst of answers, a whole round.
