@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config, ConfigError, load_config, with_cli_endpoint
 from synthtrace.engine.settings import RunSettings
+from synthtrace.engine.shards import parse_shard, shard_dir
 from synthtrace.llm.providers import resolve_model
 from synthtrace.options import OptionError, build, specs
 from synthtrace.recipe import Recipe, load_recipe
@@ -68,6 +69,12 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
     recipe_options = {**{k: v for k, v in run_options.items() if k not in names}, **(recipe_options or {})}
     settings = build(RunSettings, {"input": input, "output": output,
                                    **{k: v for k, v in run_options.items() if k in names}}, where="run")
+    if settings.shard:
+        try:
+            index, shards = parse_shard(settings.shard)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
+        settings.output = shard_dir(settings.output, index, shards)
     config = with_cli_endpoint(load_config(settings.config), settings.base_url)
     if isinstance(recipe, Recipe):
         if recipe_options:

@@ -5,7 +5,7 @@
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
     synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
-    synthtrace view RUN [RUN …]   ·   synthtrace report RUN --out report.html
+    synthtrace merge RUN … -o OUT   ·   synthtrace view RUN [RUN …]   ·   synthtrace report RUN --out report.html
     synthtrace cache stats|prune …
 """
 
@@ -469,6 +469,34 @@ def _print_export(result: Any) -> None:
     out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
     if result.val_path is not None:
         out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
+
+
+# -- merge ----------------------------------------------------------------------------------------
+
+@main.command("merge")
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=EXISTING_PATH)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The merged run directory (written whole; merging again gives the same files).")
+def merge_command(runs: tuple[Path, ...], output: Path) -> None:
+    """Join run directories into one: the shards of `run --shard I/N` (give their parent directory), or
+    any runs of the same recipe, prompts and options. Rows, rejected entries, journals, accounting."""
+    from synthtrace.engine.shards import MergeError, merge
+
+    try:
+        r = merge(list(runs), output)
+    except MergeError as e:
+        raise click.ClickException(str(e)) from None
+    out.print(f"merged {len(r.runs)} run(s): {r.records:,} records ({r.rows:,} rows) · {r.rejected:,} rejected "
+              f"· {r.calls:,} calls in the journal · ${r.cost_usd:.4f}", soft_wrap=True)
+    if r.duplicates:
+        err.print(f"[yellow]{r.duplicates:,} record(s) were in more than one run: kept once[/yellow]")
+    if r.missing:
+        err.print(f"[yellow]missing: {escape(', '.join(r.missing))} (the merged run is partial)[/yellow]",
+                  soft_wrap=True)
+    for run in r.incomplete:
+        err.print(f"[yellow]{escape(run)} did not finish (its manifest does not say complete)[/yellow]",
+                  soft_wrap=True)
+    out.print(f"rows:    {escape(str(output / 'rows.jsonl'))}", soft_wrap=True)
 
 
 # -- view and report ------------------------------------------------------------------------------

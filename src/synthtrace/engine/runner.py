@@ -27,6 +27,7 @@ from synthtrace.engine.gateway import Gateway, RecordLLM
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
 from synthtrace.engine.settings import RunSettings
+from synthtrace.engine.shards import parse_shard, shard_of
 from synthtrace.engine.store import IdIndex, RunStore
 from synthtrace.inputs import BadInput, Record
 from synthtrace.options import as_dict
@@ -100,7 +101,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         result.messages.append(f"{store.rows_path}:{n}: unreadable row kept as is (its record will be redone)")
     manifest = _manifest(recipe, settings, config, gateway, "running")
     store.write_manifest(manifest)
-    total = recipe.count(settings.input)
+    shard = parse_shard(settings.shard) if settings.shard else None
+    total = recipe.count(settings.input) if shard is None else None  # a shard's size is known only once read
     if settings.max_records is not None and total is not None:
         total = min(total, settings.max_records)
     started = time.monotonic()
@@ -130,6 +132,9 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
             if settings.max_records is not None and taken >= settings.max_records:
                 break
             taken += 1
+            if shard is not None and shard_of(item.id if isinstance(item, Record) else f"{item.source}:{item.line}",
+                                              shard[1]) != shard[0]:
+                continue  # another shard's
             if isinstance(item, BadInput):
                 result.bad_input += 1
                 reject(item.to_entry(), item.message())

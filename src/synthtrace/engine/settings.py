@@ -33,6 +33,9 @@ class RunSettings:
     fresh: bool = option(False, "Ignore earlier results in the run dir and the journal.")
     strict: bool = option(False, "Stop before running anything if any input line is bad.")
     quiet: bool = option(False, "Log lines instead of a progress bar.", flags=("--quiet", "-q"))
+    shard: str | None = option(None, "Only the records whose id hashes to shard I of N, into OUTPUT/shard-I-of-N/ "
+                                     "(for a job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
+                                     "`synthtrace merge OUTPUT` joins them.", flags=("--shard",))
     on_stall: Literal["wait", "stop"] | None = option(
         None, "When an endpoint answers only 429s or 5xx for --stall-after seconds: keep waiting, or stop with "
               "every finished row kept (exit 4). Default: limits.on_stall in the config, else wait.")
