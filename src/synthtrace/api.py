@@ -67,8 +67,10 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
     (flags given on a command line) win over the config's `recipes.NAME:`."""
     names = {spec.name for spec in specs(RunSettings)}
     recipe_options = {**{k: v for k, v in run_options.items() if k not in names}, **(recipe_options or {})}
-    settings = build(RunSettings, {"input": input, "output": output,
-                                   **{k: v for k, v in run_options.items() if k in names}}, where="run")
+    given = {k: v for k, v in run_options.items() if k in names}
+    if isinstance(given.get("base_url"), str):  # one URL, as a person writes it
+        given["base_url"] = [given["base_url"]]
+    settings = build(RunSettings, {"input": input, "output": output, **given}, where="run")
     if settings.shard:
         try:
             index, shards = parse_shard(settings.shard)

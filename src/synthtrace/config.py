@@ -35,7 +35,7 @@ class Endpoint:
     __pydantic_config__ = _STRICT_KEYS
 
     kind: str = "openai"  # a provider kind: openai, anthropic, argo, local, hf, or a plugin's
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # a list: replicas of one deployment (`engine.replicas`)
     api_key_env: str | None = None  # name of the environment variable holding the key
     user_env: str | None = None  # Argo: variable holding the user name (default ARGO_USER)
     structured: Literal["json_schema", "json_object", "none"] = "json_schema"
@@ -49,6 +49,13 @@ class Endpoint:
     proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT, or "direct"; default: HTTPS_PROXY & co.
     ca_bundle: str | None = None  # certificates to trust beside the system's (and REQUESTS_CA_BUNDLE's)
     verify: bool = True  # False trusts any certificate: anyone on the path can read and change the traffic
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URLs, one per replica ([] for an endpoint without one, such as `local`)."""
+        if isinstance(self.base_url, list):
+            return list(self.base_url)
+        return [self.base_url] if self.base_url else []
 
 
 @dataclass
@@ -142,16 +149,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         for name, ep in cfg.endpoints.items():
             if ep.kind not in PROVIDERS:
                 raise ConfigError(f"{p}: endpoints.{name}.kind: {PROVIDERS.unknown(ep.kind)}")
+            if isinstance(ep.base_url, list) and (not ep.base_url or len(set(ep.base_url)) < len(ep.base_url)):
+                raise ConfigError(f"{p}: endpoints.{name}.base_url: a list needs at least one URL, each once")
         return cfg
     return Config()
 
 
-def with_cli_endpoint(cfg: Config, base_url: str | None, api_key_env: str | None = None) -> Config:
-    """`--base-url` adds an OpenAI-compatible endpoint named `cli` and makes it the default."""
-    if not base_url:
+def with_cli_endpoint(cfg: Config, base_url: str | list[str] | None, api_key_env: str | None = None) -> Config:
+    """`--base-url` adds an OpenAI-compatible endpoint named `cli` and makes it the default; given
+    more than once, its URLs are replicas of one deployment."""
+    urls = [base_url] if isinstance(base_url, str) else list(dict.fromkeys(base_url or ()))
+    if not urls:
         return cfg
     env = api_key_env or next((v for v in ("SYNTHTRACE_API_KEY", "OPENAI_API_KEY") if os.environ.get(v)), None)
-    endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=base_url, api_key_env=env)}
+    endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=urls[0] if len(urls) == 1 else urls,
+                                                  api_key_env=env)}
     return replace(cfg, endpoints=endpoints, default_endpoint="cli")
 
 

@@ -184,6 +184,10 @@ class Unreachable(RetryableError):
         self.cause = cause
 
 
+class Disconnected(RetryableError):
+    """The connection closed before the whole answer came: the server may have gone away."""
+
+
 class RateLimited(RetryableError):
     """HTTP 429. `retry_after` is the server's wish in seconds, when it said one."""
 

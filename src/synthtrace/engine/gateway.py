@@ -6,7 +6,8 @@ journal (replay, or record before returning) → budget → limiter → client, 
 exponential backoff with jitter for 5xx, timeouts, dropped connections and malformed bodies; 429s
 wait their Retry-After and feed the limiter's AIMD; other 4xx fail at once with the provider's
 message. Structured output is validated here for every backend, with tolerant parsing and a
-bounded number of re-asks. Identical requests in flight at the same time are sent once.
+bounded number of re-asks. Identical requests in flight at the same time are sent once. An endpoint
+with several base URLs spreads its requests over them (`engine.replicas`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from synthtrace.config import Config
 from synthtrace.engine.cost import Budget, PriceTable
 from synthtrace.engine.journal import Journal, request_key
 from synthtrace.engine.limiter import Limiter
-from synthtrace.llm.base import Client
-from synthtrace.llm.providers import ResolvedModel, build_client, resolve_model
+from synthtrace.engine.replicas import Replica, Replicas
+from synthtrace.llm.providers import ResolvedModel, build_clients, resolve_model
 from synthtrace.types import (
     BudgetExceeded,
     ChatRequest,
     ChatResult,
+    Disconnected,
     EndpointRefused,
     FatalError,
     Message,
@@ -68,31 +70,24 @@ class GatewayStats(Struct):
 
 
 class _Endpoint(Struct):
-    """A built client with its limiter and health."""
+    """An endpoint's replicas (each a client with its limiter), and its health as the run sees it."""
 
-    __slots__ = ("name", "client", "limiter", "refused", "failure_rate", "local", "answered", "failing_since",
-                 "last_failure", "stalled")
+    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "last_failure", "stalled")
 
-    def __init__(self, name: str, client: Client, limiter: Limiter):
+    def __init__(self, name: str, replicas: Replicas):
         self.name = name
-        self.client = client
-        self.limiter = limiter
-        self.local = bool(getattr(client, "in_process", False))  # free, and seeded per sample
-        self.answered = False  # it has answered at least once in this run
+        self.replicas = replicas
+        self.local = bool(getattr(replicas.all[0].client, "in_process", False))  # free, and seeded per sample
         self.failing_since: float | None = None  # monotonic time of the first refusal since its last answer
         self.last_failure = ""  # what it said last time it refused
         self.stalled = False  # the run has said it is stalled (and not yet that it recovered)
         self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
-        self.failure_rate = 0.0  # moving average over recent answers (1 = failed, 0 = ok)
 
     def refusing(self, e: BaseException) -> None:
         """A 429 or a 5xx: the endpoint makes no progress until it answers again."""
         if self.failing_since is None:
             self.failing_since = time.monotonic()
         self.last_failure = str(e)[:300]
-
-    def observe(self, failed: bool) -> None:
-        self.failure_rate += ((1.0 if failed else 0.0) - self.failure_rate) * 0.02
 
 
 class Gateway:
@@ -124,13 +119,26 @@ class Gateway:
     def _endpoint(self, r: ResolvedModel) -> _Endpoint:
         ep = self._endpoints.get(r.endpoint_name)
         if ep is None:
-            client = build_client(r.endpoint_name, r)
-            limits = self.config.limits
-            conc = self._overrides["concurrency"] or r.endpoint.concurrency or limits.concurrency
-            limiter = Limiter(conc, self._overrides["rpm"] or r.endpoint.rpm or limits.rpm,
-                              self._overrides["tpm"] or r.endpoint.tpm or limits.tpm, hard_cap=client.max_concurrency)
-            ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, client, limiter)
+            limits, over = self.config.limits, self._overrides
+            conc = over["concurrency"] or r.endpoint.concurrency or limits.concurrency
+            rpm = over["rpm"] or r.endpoint.rpm or limits.rpm
+            tpm = over["tpm"] or r.endpoint.tpm or limits.tpm
+            replicas = [Replica(url, client, Limiter(conc, rpm, tpm, hard_cap=client.max_concurrency))
+                        for url, client in build_clients(r.endpoint_name, r)]
+            ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, Replicas(replicas))
         return ep
+
+    def slots(self, model: str | None) -> int:
+        """Requests `model`'s endpoint takes at once, over all its replicas."""
+        return self._endpoint(self.resolve(model)).replicas.slots
+
+    def notices(self) -> list[str]:
+        """What happened to replicas since the last call (taken out, back in service), to be said."""
+        said = []
+        for ep in self._endpoints.values():
+            said += ep.replicas.notices
+            ep.replicas.notices = []
+        return said
 
     def stalls(self, window: float) -> list[tuple[str, float, str]]:
         """Endpoints that have answered nothing but refusals for `window` seconds or more:
@@ -154,7 +162,7 @@ class Gateway:
 
     @property
     def in_flight(self) -> int:
-        return sum(ep.limiter.in_flight for ep in self._endpoints.values())
+        return sum(ep.replicas.in_flight for ep in self._endpoints.values())
 
     # -- the door -------------------------------------------------------------------------------
 
@@ -223,8 +231,11 @@ class Gateway:
 
     def _model_id(self, r: ResolvedModel) -> str:
         """What the journal keys a model by: endpoint and model id; for weights on this machine (`local:`,
-        `hf:`) also their files' sizes and times, so retraining into the same directory is a new model."""
-        k = (r.endpoint.kind, r.endpoint.base_url or "", r.model)
+        `hf:`) also their files' sizes and times, so retraining into the same directory is a new model.
+        Replicas are keyed by the first URL listed, whichever answered: adding or losing the others
+        keeps every answer already paid for."""
+        urls = r.endpoint.urls
+        k = (r.endpoint.kind, urls[0] if urls else "", r.model)
         mid = self._model_ids.get(k)
         if mid is None:
             mid = f"{k[0]}:{k[1]}:{k[2]}"
@@ -254,52 +265,67 @@ class Gateway:
         errors = throttles = 0
         tokens_est = prompt_est + completion_est
         holding = False  # a sporadic failure's retry keeps the slot it already has
+        replicas = ep.replicas
+        rep = replicas.all[0]
         try:
             while True:
                 if not holding:
-                    await ep.limiter.acquire(tokens_est, first=errors + throttles > 0)
+                    rep = await replicas.acquire(tokens_est, first=errors + throttles > 0)
                 holding = False
+                limiter = rep.limiter
                 try:
                     if ep.refused is not None:  # refused while this call waited for a slot
                         raise ep.refused
-                    result = await ep.client.chat(req)
+                    result = await rep.client.chat(req)
                 except RateLimited as e:
                     ep.refusing(e)
-                    ep.limiter.release_throttled(e.retry_after)
+                    limiter.release_throttled(e.retry_after)
                     throttles += 1
                     self.stats.throttled += 1
                     if throttles > max_retries * 5:
                         raise
-                    await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None else _backoff(throttles))
+                    if not replicas.room_besides(rep):  # no other replica to take it now: wait as asked
+                        await asyncio.sleep(_jitter(e.retry_after) if e.retry_after is not None
+                                            else _backoff(throttles))
                     continue
                 except RetryableError as e:
-                    if isinstance(e, Unreachable) and (e.cause in ("dns", "tls", "proxy")
-                                                       or (e.cause == "refused" and not ep.answered)):
+                    hopeless = isinstance(e, Unreachable) and (e.cause in ("dns", "tls", "proxy")
+                                                               or (e.cause == "refused" and not rep.answered))
+                    if isinstance(e, (Unreachable, Disconnected)) and replicas.take_out(rep, _gone_text(e), hopeless):
+                        limiter.release()  # the others are in service: send it to one of them at once
+                        errors += 1
+                        if errors > max_retries:
+                            self.stats.failures += 1
+                            raise
+                        self.stats.retries += 1
+                        continue
+                    if hopeless and replicas.hopeless():
                         # It cannot heal by retrying: stop here, leave every record for the next run.
-                        ep.limiter.release()
+                        limiter.release()
                         self.stats.failures += 1
-                        ep.refused = EndpointRefused(f"endpoint {ep.name!r}: {_cause_text(e)}: {e}")
+                        where = f"none of its {len(replicas.all)} servers answers: " if replicas.several else ""
+                        ep.refused = EndpointRefused(f"endpoint {ep.name!r}: {where}{_cause_text(e)}: {e}")
                         raise ep.refused from e
                     ep.refusing(e)
-                    ep.observe(True)
+                    rep.observe(True)
                     errors += 1
                     if errors > max_retries:
-                        ep.limiter.release()
+                        limiter.release()
                         self.stats.failures += 1
                         raise
                     self.stats.retries += 1
-                    sporadic = ep.failure_rate < SPORADIC_FAILURE_RATE and not isinstance(e, Unreachable)
-                    if sporadic and ep.limiter.unmetered:
+                    sporadic = rep.failure_rate < SPORADIC_FAILURE_RATE and not isinstance(e, Unreachable)
+                    if sporadic and limiter.unmetered:
                         # A healthy endpoint's odd failure: ask again at once, in the same slot. Given
                         # back, the slot went to a waiting request and the retry waited for the next
                         # one to free — near the end of a burst of answers, a whole round.
                         holding = True
                         continue
-                    ep.limiter.release()
-                    await asyncio.sleep(_backoff(errors, ep.failure_rate))
+                    limiter.release()
+                    await asyncio.sleep(_backoff(errors, rep.failure_rate))
                     continue
                 except BaseException as e:
-                    ep.limiter.release()
+                    limiter.release()
                     self.stats.failures += 1
                     if isinstance(e, FatalError) and e.run_level:
                         ep.refused = EndpointRefused(str(e), e.status)
@@ -307,12 +333,12 @@ class Gateway:
                     if isinstance(e, EndpointRefused):
                         ep.refused = e
                     raise
-                ep.limiter.release()
-                ep.observe(False)
-                ep.answered = True
+                limiter.release()
+                rep.observe(False)
+                replicas.answered(rep)
                 ep.failing_since = None
                 usage = result.usage
-                ep.limiter.on_success(tokens_est, usage.total_tokens)
+                limiter.on_success(tokens_est, usage.total_tokens)
                 break
         except BaseException:
             self.budget.settle(estimate, 0.0)
@@ -330,7 +356,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         for ep in self._endpoints.values():
-            await ep.client.aclose()
+            for rep in ep.replicas.all:
+                await rep.client.aclose()
         self._endpoints.clear()
 
 
@@ -371,6 +398,14 @@ def _cause_text(e: Unreachable) -> str:
             "proxy": "the proxy does not let it through",
             "refused": "nothing listens there (connection refused) and it has not answered in this run"
             }.get(e.cause, "cannot connect")
+
+
+def _gone_text(e: RetryableError) -> str:
+    if isinstance(e, Disconnected):
+        return "a connection dropped mid-answer"
+    return {"dns": "the name does not resolve", "tls": "its TLS certificate is not accepted",
+            "proxy": "the proxy does not let it through", "refused": "connection refused",
+            "timeout": "connecting timed out"}.get(getattr(e, "cause", ""), "cannot connect")
 
 
 def _jitter(retry_after: float) -> float:

@@ -109,6 +109,13 @@ class Limiter:
             raise
 
     @property
+    def room(self) -> float:
+        """Free slots less the requests queued for one (negative with a queue); while paused, less
+        a further ceiling, so that a replica refusing everything is chosen last."""
+        room = float(int(self.limit) - self.in_flight - len(self._waiters))
+        return room - self.ceiling if time.monotonic() < self._paused_until else room
+
+    @property
     def unmetered(self) -> bool:
         """No requests- or tokens-per-minute budget: only the concurrency limits admission."""
         return self.rpm is None and self.tpm is None

@@ -110,6 +110,10 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     # Two workers per request slot (plus a few): a worker whose answer is being journaled and whose rows
     # are being written holds no slot, and a freed slot must not wait for a free worker.
     slots = settings.concurrency or limits.concurrency
+    try:
+        slots = max(slots, gateway.slots(settings.model))  # over all the replicas of the model's endpoint
+    except Exception:  # a model no endpoint serves (or no key): its first call says so, with the record
+        pass
     workers = 2 * slots + 8
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
     stop = asyncio.Event()
@@ -208,6 +212,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     policy = settings.on_stall or limits.on_stall
 
     def say_recovered(progress: RunProgress) -> None:
+        for notice in gateway.notices():
+            console.print(f"[yellow]{escape(notice)}[/yellow]", soft_wrap=True)
         for name in gateway.recovered():
             console.print(f"[green]endpoint {escape(repr(name))} answers again[/green]", soft_wrap=True)
             progress.note(None)

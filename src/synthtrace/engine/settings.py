@@ -23,7 +23,8 @@ class RunSettings:
                                  exists=True)
     model: str | None = option(None, "Model alias, provider id, `local`, `local:/path/model.gguf`, `hf:DIR` or "
                                      "`hf:DIR+ADAPTER_DIR`.", flags=("--model", "-m"))
-    base_url: str | None = option(None, "OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY).")
+    base_url: list[str] = option([], "OpenAI-compatible endpoint (key from SYNTHTRACE_API_KEY or OPENAI_API_KEY); "
+                                     "repeat it for replicas of one deployment.")
     concurrency: int | None = option(None, "Requests in flight per endpoint.", flags=("--concurrency", "-c"), min=1)
     rpm: float | None = option(None, "Requests-per-minute budget.", min=0, min_open=True)
     tpm: float | None = option(None, "Tokens-per-minute budget.", min=0, min_open=True)

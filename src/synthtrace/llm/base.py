@@ -23,6 +23,7 @@ from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, Conne
 from synthtrace.types import (
     ChatRequest,
     ChatResult,
+    Disconnected,
     EndpointRefused,
     FatalError,
     RateLimited,
@@ -142,7 +143,7 @@ class HTTPClient:
         except BadResponse as e:
             raise RetryableError(f"{self.name}: unparseable answer: {e}") from e
         except ConnectionLost as e:
-            raise RetryableError(f"{self.name}: connection lost: {e}") from e
+            raise Disconnected(f"{self.name}: connection lost: {e}") from e
         except HTTPError as e:
             raise RetryableError(f"{self.name}: {e}") from e
         status, body = resp.status, resp.body

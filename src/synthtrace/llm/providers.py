@@ -49,9 +49,15 @@ class ResolvedModel(Struct):
         return bool(provider(self.endpoint.kind).in_process)
 
 
-def build_client(name: str, resolved: ResolvedModel) -> Client:
-    """A client for an endpoint; keys are read from the environment there and nowhere else."""
-    return provider(resolved.endpoint.kind).from_endpoint(name, resolved.endpoint)  # type: ignore[no-any-return]
+def build_clients(name: str, resolved: ResolvedModel) -> list[tuple[str, Client]]:
+    """(URL, client) for each replica of an endpoint (one, with URL "", for an endpoint without a
+    URL); keys are read from the environment there and nowhere else."""
+    ep = resolved.endpoint
+    cls = provider(ep.kind)
+    urls = ep.urls
+    if len(urls) <= 1:
+        return [(urls[0] if urls else "", cls.from_endpoint(name, ep))]
+    return [(url, cls.from_endpoint(f"{name} ({url})", replace(ep, base_url=url))) for url in urls]
 
 
 def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
