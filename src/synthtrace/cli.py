@@ -176,7 +176,7 @@ def _run(cls: Any, run_values: dict[str, Any], explicit: dict[str, Any]) -> tupl
         _announce_local(resolved.model, explicit=settings.model is not None, kind=resolved.endpoint.kind)
     elif resolved.chosen_by_name:
         err.print(f"[cyan]model:[/cyan] {escape(resolved.model)} → {resolved.endpoint.kind} "
-                  f"({escape(resolved.endpoint.base_url or '')}), chosen from its name (a config or --base-url "
+                  f"({escape(', '.join(resolved.endpoint.urls))}), chosen from its name (a config or --base-url "
                   "chooses otherwise)", soft_wrap=True)
     result = _run_async(api.execute(recipe, settings, config, err))
     _print_summary(result, settings)

@@ -34,14 +34,16 @@ class OptionError(ValueError):
 
 
 def option(default: Any = _MISSING, help: str = "", *, flags: tuple[str, ...] = (), min: float | None = None,
-           max: float | None = None, min_open: bool = False, exists: bool = False) -> Any:
+           max: float | None = None, min_open: bool = False, exists: bool = False, bare: Any = None) -> Any:
     """A dataclass field that is also an option: its default, its help, and optionally its flags
-    (default `--field-name`), bounds for numbers (`min_open`: the minimum itself is refused), and for a
-    `Path`, `exists` (it must be an existing file). A list default is copied for each instance.
+    (default `--field-name`), bounds for numbers (`min_open`: the minimum itself is refused), for a
+    `Path`, `exists` (it must be an existing file), and `bare`: the value the flag takes when given
+    without one (`--ray` alone, `--ray ADDRESS`). A list default is copied for each instance.
 
         samples: int = synthtrace.option(4, "Answers tried per problem.", flags=("--samples", "-k"), min=1)
     """
-    metadata = {"help": help, "flags": tuple(flags), "min": min, "max": max, "min_open": min_open, "exists": exists}
+    metadata = {"help": help, "flags": tuple(flags), "min": min, "max": max, "min_open": min_open, "exists": exists,
+                "bare": bare}
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
@@ -56,12 +58,13 @@ class NoOptions:
 class Spec:
     """One option as the CLI, a config file and Python see it."""
 
-    __slots__ = ("name", "flags", "help", "type", "multiple", "nullable", "is_flag", "default", "required")
+    __slots__ = ("name", "flags", "help", "type", "multiple", "nullable", "is_flag", "default", "required", "bare")
 
     def __init__(self, f: dataclasses.Field[Any], hint: Any, owner: str):
         meta = f.metadata
         self.name = f.name
         self.help = meta.get("help", "")
+        self.bare = meta.get("bare")
         self.required = f.default is _MISSING and f.default_factory is _MISSING
         self.default = (None if self.required else f.default if f.default is not _MISSING
                         else f.default_factory())  # type: ignore[misc]
@@ -87,6 +90,8 @@ class Spec:
             kwargs.update(multiple=True, type=self.type, default=tuple(self.default or ()))
         elif self.required:
             kwargs["type"] = self.type
+        elif self.bare is not None:
+            kwargs.update(type=self.type, default=self.default, is_flag=False, flag_value=self.bare)
         else:
             kwargs.update(type=self.type, default=self.default, show_default=self.default is not None)
         return click.Option([*self.flags, self.name], **kwargs)

@@ -93,7 +93,7 @@ class _Endpoint(Struct):
 class Gateway:
     def __init__(self, config: Config, journal: Journal, *, budget: Budget | None = None, fresh: bool = False,
                  concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
-                 default_model: str | None = None):
+                 default_model: str | None = None, share: tuple[int, int] | None = None):
         self.config = config
         self.journal = journal
         self.budget = budget or Budget(None)
@@ -102,6 +102,7 @@ class Gateway:
         self.stats = GatewayStats()
         self._replay_after = time.time() if fresh else None
         self._overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm}
+        self._share = share  # (I, N): worker I of N processes that split every endpoint's limits
         self._resolved: dict[str | None, ResolvedModel] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._pending: dict[str, asyncio.Future[tuple[ChatResult, float]]] = {}
@@ -123,6 +124,8 @@ class Gateway:
             conc = over["concurrency"] or r.endpoint.concurrency or limits.concurrency
             rpm = over["rpm"] or r.endpoint.rpm or limits.rpm
             tpm = over["tpm"] or r.endpoint.tpm or limits.tpm
+            if self._share is not None:
+                conc, rpm, tpm = _share_of(conc, *self._share), rpm and rpm / self._share[1], tpm and tpm / self._share[1]
             replicas = [Replica(url, client, Limiter(conc, rpm, tpm, hard_cap=client.max_concurrency))
                         for url, client in build_clients(r.endpoint_name, r)]
             ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, Replicas(replicas))
@@ -398,6 +401,11 @@ def _cause_text(e: Unreachable) -> str:
             "proxy": "the proxy does not let it through",
             "refused": "nothing listens there (connection refused) and it has not answered in this run"
             }.get(e.cause, "cannot connect")
+
+
+def _share_of(slots: int, index: int, count: int) -> int:
+    """Worker `index` of `count`'s part of `slots`: together exactly `slots`, and at least one each."""
+    return max(1, slots // count + (index < slots % count))
 
 
 def _gone_text(e: RetryableError) -> str:

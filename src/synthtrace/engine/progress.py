@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from synthtrace.engine.gateway import Gateway
+from synthtrace.engine.gateway import GatewayStats
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,7 +20,16 @@ if TYPE_CHECKING:
     from synthtrace.console import LazyConsole
 
 
-def stats_line(gateway: Gateway) -> str:
+class Counters(Protocol):
+    """What progress reads: a gateway's, or a Ray driver's sum over its workers."""
+
+    stats: GatewayStats
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+def stats_line(gateway: Counters) -> str:
     st = gateway.stats
     elapsed = max(1e-6, time.monotonic() - st.started)
     tps = (st.prompt_tokens + st.completion_tokens) / elapsed
@@ -31,11 +40,13 @@ def stats_line(gateway: Gateway) -> str:
 
 
 class RunProgress:
-    def __init__(self, gateway: Gateway, total: int | None, quiet: bool, console: LazyConsole, label: str):
+    def __init__(self, gateway: Counters, total: int | None, quiet: bool, console: LazyConsole, label: str):
         self.gateway = gateway
         self.total = total
         self.done = 0
         self.rejected = 0
+        self.skipped = 0
+        self.resumed = 0  # records the run dir had finished when this run began
         self.quiet = quiet or not console.is_terminal
         self.console = console
         self.label = label
@@ -65,8 +76,15 @@ class RunProgress:
 
     def skip(self, n: int) -> None:
         """Records already done in an earlier run: counted toward the total, not re-run."""
+        self.skipped += n
         if self._progress is not None and n:
             self._progress.advance(self._task, n)
+
+    def set_counts(self, done: int, rejected: int, skipped: int) -> None:
+        """Counts summed elsewhere (a Ray driver's workers), replacing these."""
+        self.done, self.rejected, self.skipped = done, rejected, skipped
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done + skipped)
 
     async def _log_every(self, seconds: float) -> None:
         while True:
@@ -83,7 +101,7 @@ class RunProgress:
             self._progress.stop()
 
 
-def _progress_bar(gateway: Gateway, console: Console, progress_owner: RunProgress) -> Progress:
+def _progress_bar(gateway: Counters, console: Console, progress_owner: RunProgress) -> Progress:
     """The terminal bar; rich.progress is imported only when one is shown (logs need none of it)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text

@@ -79,7 +79,9 @@ _NUMBERS = re.compile(r"\d+")
 
 
 async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
-                     console: LazyConsole | None = None) -> RunResult:
+                     console: LazyConsole | None = None, progress_cls: type[RunProgress] = RunProgress) -> RunResult:
+    """Run `recipe` over `settings.input` into `settings.output`. `progress_cls` shows the run as it
+    goes (a Ray worker passes one that reports to its driver instead)."""
     console = console or LazyConsole(stderr=True)
     store = RunStore(settings.output)
     if settings.strict:
@@ -93,7 +95,7 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     journal = Journal(settings.journal or store.journal_path, replay_earlier=not settings.fresh)
     budget = Budget(settings.max_usd, already_spent=0.0 if settings.fresh else journal.total_cost())
     gateway = Gateway(config, journal, budget=budget, fresh=settings.fresh, concurrency=settings.concurrency,
-                      rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model)
+                      rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model, share=settings.share_of_limits)
     result = RunResult("complete")
     if store.repaired_bytes:
         result.messages.append(f"repaired {store.rows_path}: cut a torn last line ({store.repaired_bytes} bytes)")
@@ -243,7 +245,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
 
     publisher = _Publisher(store, settings.publish)
     try:
-        with RunProgress(gateway, total, settings.quiet, console, recipe.name) as progress:
+        with progress_cls(gateway, total, settings.quiet, console, recipe.name) as progress:
+            progress.resumed = store.resumed_records
             tasks = [asyncio.create_task(work(progress)) for _ in range(workers)]
             producer = asyncio.create_task(produce(progress))
             watchdog = asyncio.create_task(watch_stalls(progress, [producer, *tasks]))

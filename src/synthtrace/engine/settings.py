@@ -37,6 +37,11 @@ class RunSettings:
     shard: str | None = option(None, "Only the records whose id hashes to shard I of N, into OUTPUT/shard-I-of-N/ "
                                      "(for a job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
                                      "`synthtrace merge OUTPUT` joins them.", flags=("--shard",))
+    ray: str | None = option(None, "Run the shards as Ray workers and merge them into OUTPUT: alone, on a new local "
+                                   "cluster (or RAY_ADDRESS's); with an ADDRESS (`auto`, `HOST:6379`), on that "
+                                   "cluster. Needs synthtrace[ray].", flags=("--ray",), bare="local")
+    ray_workers: int | None = option(None, "Ray workers, one shard each (default: one per node, at least 2).",
+                                     min=1)
     on_stall: Literal["wait", "stop"] | None = option(
         None, "When an endpoint answers only 429s or 5xx for --stall-after seconds: keep waiting, or stop with "
               "every finished row kept (exit 4). Default: limits.on_stall in the config, else wait.")
@@ -49,6 +54,8 @@ class RunSettings:
     # tenth of the run's time) and once at the end: how a recipe keeps a file of its own in step with the run.
     publish: Callable[[Path, str], Any] | None = field(default=None, metadata={"internal": True})
     outputs: dict[str, Path] = field(default_factory=dict, metadata={"internal": True})  # extra files, by label
+    # (I, N): this process is worker I of N sharing the run's concurrency, RPM, TPM and budget (a Ray worker).
+    share_of_limits: tuple[int, int] | None = field(default=None, metadata={"internal": True})
 
     def manifest(self) -> dict[str, Any]:
         """The settings as the manifest records them."""
