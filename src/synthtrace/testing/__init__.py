@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FakeProvider", "Fault", "RecordedRequest", "Script"]
+__all__ = ["Batch", "BatchFaults", "BatchItem", "FakeProvider", "Fault", "RecordedRequest", "Script"]
+_BATCH_NAMES = frozenset({"Batch", "BatchFaults", "BatchItem"})
 
 
 def __getattr__(name: str) -> Any:
     if name == "Fault":
         from synthtrace.testing.faults import Fault
         return Fault
+    if name in _BATCH_NAMES:
+        from synthtrace.testing import fake_batches
+        return getattr(fake_batches, name)
     if name in __all__:
         from synthtrace.testing import fake_provider
         return getattr(fake_provider, name)

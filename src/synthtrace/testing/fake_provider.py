@@ -2,7 +2,10 @@
 
 Routes: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic),
 ``POST /argo/chat[/]`` (Argo), ``GET /v1/models``. Unscripted requests get a deterministic answer,
-``"echo: " + <last user message>`` (see `fake_answers`).
+``"echo: " + <last user message>`` (see `fake_answers`). The batch APIs, answered by the same logic:
+OpenAI's ``/v1/files[/{id}[/content]]`` and ``/v1/batches[/{id}[/cancel]]``, Anthropic's
+``/v1/messages/batches[/{id}[/results|/cancel]]``, with their own faults in ``fp.batch_faults`` and
+their own ledger (``fp.batch_items``, ``fp.batch_succeeded()``; see `fake_batches`).
 
 In tests::
 
@@ -50,6 +53,7 @@ from synthtrace.testing.fake_answers import (
     last_user_text,
     request_error,
 )
+from synthtrace.testing.fake_batches import BATCH_PREFIXES, BatchAPI
 from synthtrace.testing.fake_ledger import Ledger, RecordedRequest
 from synthtrace.testing.faults import DROP, MALFORMED, STATUS, TIMEOUT, TRUNCATED, Fault, FaultRates, retry_after_header
 
@@ -220,7 +224,7 @@ def _response(status: int, data: bytes, content_type: str, headers: dict[str, st
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
 
 
-class FakeProvider:
+class FakeProvider(BatchAPI):
     """The fake LLM provider server. See the module docstring for use."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
@@ -247,6 +251,7 @@ class FakeProvider:
         self._holds: set[_Exchange] = set()  # requests waiting out latency or a timeout
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_batches()  # fp.batch_faults and the batch routes' state (fake_batches)
 
     # --- addresses -------------------------------------------------------------------------------
 
@@ -293,10 +298,11 @@ class FakeProvider:
         return entry
 
     def reset(self) -> None:
-        """Forget scripts, records and counters (knobs stay as they are)."""
+        """Forget scripts, records, counters and batches (knobs stay as they are)."""
         with self._lock:
             self._scripts.clear()
         self.ledger.clear()
+        self._batch_store.clear()
         self.peak_in_flight = 0
 
     @property
@@ -332,7 +338,9 @@ class FakeProvider:
         path = ex.path.partition("?")[0]
         dialect = ROUTES.get(path)
         if dialect is None:
-            if path == "/v1/models" and ex.method == "GET":
+            if path.startswith(BATCH_PREFIXES):  # off the online path: only when no online route matched
+                self._batch_store.handle(ex, path)
+            elif path == "/v1/models" and ex.method == "GET":
                 data = [{"id": m, "object": "model", "created": 0, "owned_by": "synthtrace-fake"} for m in self.models]
                 ex.conn.reply(ex, 200, orjson.dumps({"object": "list", "data": data}))
             else:

@@ -2,6 +2,7 @@
 
     python -m synthtrace.testing.fake_provider --port 0 --latency 0.05 \\
         [--max-in-flight 50 --retry-after 1] [--rate-500 0.05 --rate-malformed 0.02] [--seed 1] \\
+        [--batch-complete-after 2 --batch-finalizing 1 --batch-errored 0.01 --batch-expired 0.01] \\
         [--stats-file PATH]
 
 Prints ``READY http://127.0.0.1:PORT`` (flushed) once listening, serves on uvloop when it is
@@ -39,6 +40,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--reasoning", action="store_true", help="add reasoning to every answer")
     p.add_argument("--stats-file", default=None, help="write JSON stats here on SIGTERM/SIGINT")
+    # the batch APIs (fake_batches): how long a batch takes, and what share of its items fail
+    p.add_argument("--batch-complete-after", type=float, default=0.0, help="seconds until a batch's items are answered")
+    p.add_argument("--batch-finalizing", type=float, default=0.0, help="seconds a batch then spends finalizing")
+    p.add_argument("--batch-errored", type=float, default=0.0, help="fraction of batch items answered errored")
+    p.add_argument("--batch-expired", type=float, default=0.0, help="fraction of batch items that expire")
     return p.parse_args(argv)
 
 
@@ -48,6 +54,9 @@ async def _serve_until_signalled(args: argparse.Namespace) -> dict[str, Any]:
     fp = FakeProvider(host=args.host, port=args.port, latency=args.latency, max_in_flight=args.max_in_flight,
                       retry_after_s=args.retry_after, fault_rates=rates, seed=args.seed,
                       reasoning=args.reasoning, record=False)
+    faults = fp.batch_faults
+    faults.complete_after_s, faults.finalizing_s = args.batch_complete_after, args.batch_finalizing
+    faults.errored, faults.expired, faults.seed = args.batch_errored, args.batch_expired, args.seed
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
