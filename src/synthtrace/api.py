@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config, ConfigError, load_config, with_cli_endpoint
-from synthtrace.engine.settings import RunSettings
+from synthtrace.engine.settings import RunSettings, parse_duration
 from synthtrace.engine.shards import parse_shard, shard_dir
 from synthtrace.llm.providers import resolve_model
 from synthtrace.options import OptionError, build, specs
@@ -77,6 +77,10 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
         except ValueError as e:
             raise OptionError(str(e)) from None
         settings.output = shard_dir(settings.output, index, shards)
+    try:
+        parse_duration(settings.batch_deadline)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
     if settings.ray is not None:
         from synthtrace.engine.ray_run import check
 

@@ -232,6 +232,8 @@ def _print_estimate(est: Any) -> None:
     if est.priced and est.simulated:
         cost += " at most (each call's max_tokens, or 512, as its answer)"
     table.add_row("estimated cost", escape(cost))
+    if est.priced and est.batch_cost_usd is not None:
+        table.add_row("in batches (--batch)", escape(f"${est.batch_cost_usd:.4f}: half price, answers within 24 h"))
     out.print(table)
 
 
@@ -247,7 +249,14 @@ def _print_summary(result: Any, settings: Any) -> None:
         figures += [("calls", f"{st['calls']:,} sent · {st['replayed']:,} replayed from the journal · "
                               f"{st['retries']} retries · {st['throttled']}×429"),
                     ("tokens", f"{st['prompt_tokens']:,} prompt · {st['completion_tokens']:,} completion"),
-                    ("cost", f"${st['cost_usd']:.4f} this run · ${st['cost_usd_total']:.4f} in total")]
+                    ("cost", f"${st['cost_usd']:.4f} this run" + (
+                        f" (${st['batch_cost_usd']:.4f} in batches at half price, ${st['online_cost_usd']:.4f} online)"
+                        if "batches" in st else "") + f" · ${st['cost_usd_total']:.4f} in total")]
+        b = st.get("batches")
+        if b:
+            figures.append(("batches", f"{b['batches']} submitted with {b['items']:,} requests · {b['answered']:,} "
+                                       f"answers read · {b['resent']} sent again · {b['online']} asked online · "
+                                       f"{b['cut']} cut by max_tokens · {b['failed']} refused"))
     figures.append(("elapsed", f"{result.elapsed_s:.1f} s"))
     figures += [(k.replace("_", " "), str(v)) for k, v in (result.recipe or {}).items()]
     paths = []
@@ -497,6 +506,55 @@ def merge_command(runs: tuple[Path, ...], output: Path) -> None:
         err.print(f"[yellow]{escape(run)} did not finish (its manifest does not say complete)[/yellow]",
                   soft_wrap=True)
     out.print(f"rows:    {escape(str(output / 'rows.jsonl'))}", soft_wrap=True)
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+@main.group("batch")
+def batch_group() -> None:
+    """The provider batches of a run made with --batch: how far they are, and cancelling them."""
+
+
+def _print_batches(run: Path, cancel: bool) -> None:
+    import json
+
+    from synthtrace.engine.batches import run_batches
+
+    started()
+    try:
+        batches = _run_async(run_batches(run, cancel=cancel))
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if not batches:
+        out.print(f"{escape(str(run))}: no batches")
+        return
+    for b in batches:
+        live = b["live"]
+        status = live.status if live is not None else (b["status"] or b["state"])
+        counts = live.counts if live is not None else (json.loads(b["counts"]) if b["counts"] else {})
+        shown = " · ".join(f"{k} {v:,}" for k, v in counts.items() if v)
+        line = (f"{b['local_id']}  {b['endpoint']}  {b['batch_id'] or '(not created)'}  {b['requests']:,} requests  "
+                f"{'read' if b['state'] == 'collected' else status}" + (f"  ({shown})" if shown else ""))
+        if b["cancelled"]:
+            line += "  — cancelled: the next run reads what it answered and asks the rest again"
+        if b.get("error"):
+            line += f"  — cannot read it: {b['error']}"
+        out.print(escape(line), soft_wrap=True)
+
+
+@batch_group.command("status")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def batch_status_command(run: Path) -> None:
+    """Each batch of RUN: its provider id, requests, and status as the provider says it now."""
+    _print_batches(run, cancel=False)
+
+
+@batch_group.command("cancel")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def batch_cancel_command(run: Path) -> None:
+    """Cancel RUN's batches still running (no question asked). What they answered is kept: the next
+    run of the same command reads it and asks the rest again."""
+    _print_batches(run, cancel=True)
 
 
 # -- view and report ------------------------------------------------------------------------------

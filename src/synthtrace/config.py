@@ -49,6 +49,12 @@ class Endpoint:
     proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT, or "direct"; default: HTTPS_PROXY & co.
     ca_bundle: str | None = None  # certificates to trust beside the system's (and REQUESTS_CA_BUNDLE's)
     verify: bool = True  # False trusts any certificate: anyone on the path can read and change the traffic
+    # batch: calls go out as provider batches at batch prices (`engine.batches`; kinds openai and anthropic)
+    mode: Literal["online", "batch"] = "online"
+    batch_window_s: float = 10.0  # a batch is submitted once no call has come for this long …
+    batch_max: int = 10_000  # … or once this many wait
+    batch_poll_s: float = 30.0  # how often a running batch's status is read
+    batch_retry: Literal["batch", "online"] = "batch"  # where errored and expired items are asked again
 
     @property
     def urls(self) -> list[str]:
@@ -149,6 +155,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         for name, ep in cfg.endpoints.items():
             if ep.kind not in PROVIDERS:
                 raise ConfigError(f"{p}: endpoints.{name}.kind: {PROVIDERS.unknown(ep.kind)}")
+            if ep.mode == "batch" and ep.kind not in ("openai", "anthropic"):
+                raise ConfigError(f"{p}: endpoints.{name}.mode: batch needs kind openai or anthropic, not {ep.kind!r}")
             if isinstance(ep.base_url, list) and (not ep.base_url or len(set(ep.base_url)) < len(ep.base_url)):
                 raise ConfigError(f"{p}: endpoints.{name}.base_url: a list needs at least one URL, each once")
         return cfg

@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 
 from synthtrace.config import Config
+from synthtrace.engine.batches import BATCH_DISCOUNT
 from synthtrace.engine.cost import PriceTable
+from synthtrace.engine.gateway import BATCH_KINDS
 from synthtrace.engine.settings import RunSettings
 from synthtrace.inputs import BadInput, Record
 from synthtrace.llm.providers import resolve_model
@@ -35,7 +37,7 @@ class Estimate(Struct):
     """
 
     __slots__ = ("records", "bad_input", "calls", "prompt_tokens", "completion_tokens", "cost_usd", "priced",
-                 "unpriced", "model", "provider_model", "by_model", "simulated")
+                 "unpriced", "model", "provider_model", "by_model", "simulated", "batch_cost_usd", "batchable_calls")
 
     def __init__(self) -> None:
         self.records = 0
@@ -50,6 +52,8 @@ class Estimate(Struct):
         self.provider_model = ""
         self.by_model: Counter[str] = Counter()  # provider model → calls
         self.simulated = False  # counted by running the recipe against EstimateLLM
+        self.batch_cost_usd: float | None = 0.0  # in batch mode (None when no call's endpoint has a batch API)
+        self.batchable_calls = 0
 
 
 class _Stop(Exception):
@@ -107,6 +111,7 @@ async def estimate_run(recipe: Recipe, settings: RunSettings, config: Config) ->
                 r = resolved[model] = resolve_model(config, model)
             _add(est, prices, r, 1, prompt, completion)
     est.cost_usd = round(est.cost_usd, 6)
+    est.batch_cost_usd = round(est.batch_cost_usd or 0.0, 6) if est.batchable_calls else None
     return est
 
 
@@ -124,7 +129,11 @@ def _add(est: Estimate, prices: PriceTable, r: Any, calls: int, prompt: int, com
     est.prompt_tokens += prompt
     est.completion_tokens += completion
     est.by_model[r.model] += calls
-    est.cost_usd += prices.cost(r.model, prompt, completion, local=r.is_local)
+    cost = prices.cost(r.model, prompt, completion, local=r.is_local)
+    est.cost_usd += cost
+    batchable = r.endpoint.kind in BATCH_KINDS  # what batch mode would cost (the other calls online, as they are)
+    est.batchable_calls += calls if batchable else 0
+    est.batch_cost_usd = (est.batch_cost_usd or 0.0) + cost * (BATCH_DISCOUNT if batchable else 1.0)
     if not r.is_local and prices.lookup(r.model) is None:
         est.priced = False
         if r.model not in est.unpriced:

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config
@@ -43,19 +44,21 @@ from synthtrace.types import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from synthtrace.engine.batches import Batcher, BatchLedger
     from synthtrace.engine.structured import SchemaSpec
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 DEFAULT_COMPLETION_GUESS = 512
 SPORADIC_FAILURE_RATE = 0.25
+BATCH_KINDS = ("openai", "anthropic")  # the endpoint kinds with a batch API (`llm.batches`)
 
 
 class GatewayStats(Struct):
     """Counts for the run summary."""
 
     __slots__ = ("calls", "replayed", "retries", "throttled", "failures", "prompt_tokens", "completion_tokens",
-                 "cost_usd", "started")
+                 "cost_usd", "started", "batch_calls", "batch_cost_usd")
 
     def __init__(self) -> None:
         self.calls = 0  # answered by a provider in this process
@@ -67,16 +70,19 @@ class GatewayStats(Struct):
         self.completion_tokens = 0
         self.cost_usd = 0.0  # paid in this process
         self.started = time.monotonic()
+        self.batch_calls = 0  # of `calls`, answered in a provider batch
+        self.batch_cost_usd = 0.0  # of `cost_usd`, paid at batch prices
 
 
 class _Endpoint(Struct):
     """An endpoint's replicas (each a client with its limiter), and its health as the run sees it."""
 
-    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "last_failure", "stalled")
+    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "last_failure", "stalled", "batcher")
 
     def __init__(self, name: str, replicas: Replicas):
         self.name = name
         self.replicas = replicas
+        self.batcher: Batcher | None = None  # batch mode: calls go out as provider batches
         self.local = bool(getattr(replicas.all[0].client, "in_process", False))  # free, and seeded per sample
         self.failing_since: float | None = None  # monotonic time of the first refusal since its last answer
         self.last_failure = ""  # what it said last time it refused
@@ -93,7 +99,8 @@ class _Endpoint(Struct):
 class Gateway:
     def __init__(self, config: Config, journal: Journal, *, budget: Budget | None = None, fresh: bool = False,
                  concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
-                 default_model: str | None = None, share: tuple[int, int] | None = None):
+                 default_model: str | None = None, share: tuple[int, int] | None = None, batch: bool = False,
+                 batch_deadline_s: float | None = None, batch_retry_length: bool = False):
         self.config = config
         self.journal = journal
         self.budget = budget or Budget(None)
@@ -103,6 +110,11 @@ class Gateway:
         self._replay_after = time.time() if fresh else None
         self._overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm}
         self._share = share  # (I, N): worker I of N processes that split every endpoint's limits
+        self._batch = batch  # every endpoint with a batch API in batch mode (--batch)
+        self._batch_deadline = None if batch_deadline_s is None else time.monotonic() + batch_deadline_s
+        self._batch_retry_length = batch_retry_length
+        self._ledger: BatchLedger | None = None
+        self._notices: list[str] = []
         self._resolved: dict[str | None, ResolvedModel] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._pending: dict[str, asyncio.Future[tuple[ChatResult, float]]] = {}
@@ -129,15 +141,60 @@ class Gateway:
             replicas = [Replica(url, client, Limiter(conc, rpm, tpm, hard_cap=client.max_concurrency))
                         for url, client in build_clients(r.endpoint_name, r)]
             ep = self._endpoints[r.endpoint_name] = _Endpoint(r.endpoint_name, Replicas(replicas))
+            if (self._batch or r.endpoint.mode == "batch") and r.endpoint.kind in BATCH_KINDS:
+                ep.batcher = self._batcher(r)
         return ep
 
+    def _batcher(self, r: ResolvedModel) -> Batcher:
+        from synthtrace.engine.batches import BATCH_DISCOUNT, LEDGER, Batcher, BatchLedger
+        from synthtrace.llm.batches import BATCH_APIS
+
+        if self._ledger is None:
+            self._ledger = BatchLedger(self.journal.path.with_name(LEDGER))
+        e, name = r.endpoint, r.endpoint_name
+        if len(e.urls) > 1:
+            e = replace(e, base_url=e.urls[0])  # a batch goes to the provider, not to one server of several
+        api = BATCH_APIS[e.kind](name, e)
+
+        async def record(key: str, model: str, result: ChatResult, cost: float, request: dict[str, Any]) -> None:
+            await self.journal.record(key, name, model, result, cost, request={**request, "via": "batch"})
+            self._count(model, result, cost, batch=True)
+
+        async def online(w: Any) -> tuple[ChatResult, float]:
+            result, cost, _ = await self._send(self._endpoint(r), r, w.req.messages, w.req.params, None, 0,
+                                               req=w.req)
+            await self.journal.record(w.key, name, w.model, result, cost, request=w.request)
+            return result, cost
+
+        def cost(model: str, result: ChatResult) -> float:
+            u = result.usage
+            return self.prices.cost(model, u.prompt_tokens, u.completion_tokens) * BATCH_DISCOUNT
+
+        import dataclasses
+
+        return Batcher(name, api, self._ledger, endpoint_config=dataclasses.asdict(e), record=record, online=online,
+                       cost=cost,
+                       window_s=e.batch_window_s, max_items=e.batch_max, poll_s=e.batch_poll_s,
+                       deadline=self._batch_deadline, retry=e.batch_retry, retry_length=self._batch_retry_length,
+                       max_retries=self.config.limits.max_retries, say=self._notices.append)
+
     def slots(self, model: str | None) -> int:
-        """Requests `model`'s endpoint takes at once, over all its replicas."""
-        return self._endpoint(self.resolve(model)).replicas.slots
+        """Requests `model`'s endpoint takes at once, over all its replicas (in batch mode, a batch's worth)."""
+        ep = self._endpoint(self.resolve(model))
+        return ep.batcher.max_items if ep.batcher is not None else ep.replicas.slots
+
+    def batch_stats(self) -> dict[str, int]:
+        """What the batches of this run did, summed over its endpoints ({} without batch mode)."""
+        out: dict[str, int] = {}
+        for ep in self._endpoints.values():
+            if ep.batcher is not None:
+                for k in ep.batcher.stats.__slots__:
+                    out[k] = out.get(k, 0) + getattr(ep.batcher.stats, k)
+        return out
 
     def notices(self) -> list[str]:
         """What happened to replicas since the last call (taken out, back in service), to be said."""
-        said = []
+        said, self._notices[:] = list(self._notices), []
         for ep in self._endpoints.values():
             said += ep.replicas.notices
             ep.replicas.notices = []
@@ -219,10 +276,13 @@ class Gateway:
         fut: asyncio.Future[tuple[ChatResult, float]] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            result, cost, attempts = await self._send(ep, r, messages, params, spec, sample)
             request = {"messages": messages, "params": params, "schema": spec.name if spec else None}
-            await self.journal.record(key, ep.name, r.model, result, cost, more_coming=self.in_flight > 0,
-                                      request=request)
+            if ep.batcher is not None:  # journaled by the batcher as it reads the batch's results
+                result, cost, attempts = await self._batched(ep.batcher, key, r, messages, params, spec, request)
+            else:
+                result, cost, attempts = await self._send(ep, r, messages, params, spec, sample)
+                await self.journal.record(key, ep.name, r.model, result, cost, more_coming=self.in_flight > 0,
+                                          request=request)
             fut.set_result((result, cost))
             return result, cost, key, False, attempts
         except BaseException as e:
@@ -247,21 +307,57 @@ class Gateway:
             self._model_ids[k] = mid
         return mid
 
-    async def _send(self, ep: _Endpoint, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
-                    spec: SchemaSpec | None, sample: int) -> tuple[ChatResult, float, int]:
-        local = ep.local
+    async def _reserve(self, r: ResolvedModel, messages: list[Message], params: dict[str, Any], local: bool,
+                       discount: float = 1.0) -> tuple[float, int, int]:
+        """Reserve a call's estimated cost in the budget (waiting for calls in flight to settle when
+        that makes it fit): (estimate, prompt tokens, completion tokens) as guessed."""
         prompt_est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
         while True:
             completion_est = int(params.get("max_tokens")
                                  or self._completion_avg.get(r.model, DEFAULT_COMPLETION_GUESS))
-            estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est)
+            estimate = 0.0 if local else self.prices.cost(r.model, prompt_est, completion_est) * discount
             if self.budget.reserve(estimate):
-                break
+                return estimate, prompt_est, completion_est
             if not self.budget.holds:  # it would not fit even with nothing else in flight
                 raise BudgetExceeded(f"--max-usd {self.budget.max_usd} would be passed "
                                      f"(spent ${self.budget.spent:.4f}, next call ~${estimate:.4f})")
             await self.budget.wait_settled()  # calls in flight hold estimates; their real cost decides
+
+    async def _batched(self, batcher: Batcher, key: str, r: ResolvedModel, messages: list[Message],
+                       params: dict[str, Any], spec: SchemaSpec | None, request: dict[str, Any]
+                       ) -> tuple[ChatResult, float, int]:
+        from synthtrace.engine.batches import BATCH_DISCOUNT
+
+        estimate, _, _ = await self._reserve(r, messages, params, False, BATCH_DISCOUNT)
         req = ChatRequest(r.model, messages, params, spec.schema if spec else None, spec.name if spec else "response")
+        try:
+            result, cost = await batcher.ask(key, r.model, req, request)
+        except BaseException:
+            self.budget.settle(estimate, 0.0)
+            raise
+        self.budget.settle(estimate, cost)
+        return result, cost, 1
+
+    def _count(self, model: str, result: ChatResult, cost: float, batch: bool = False) -> None:
+        st, usage = self.stats, result.usage
+        st.calls += 1
+        st.prompt_tokens += usage.prompt_tokens
+        st.completion_tokens += usage.completion_tokens
+        st.cost_usd += cost
+        if batch:
+            st.batch_calls += 1
+            st.batch_cost_usd += cost
+        avg = self._completion_avg.get(model)
+        self._completion_avg[model] = usage.completion_tokens if avg is None else 0.9 * avg + 0.1 * usage.completion_tokens
+
+    async def _send(self, ep: _Endpoint, r: ResolvedModel, messages: list[Message], params: dict[str, Any],
+                    spec: SchemaSpec | None, sample: int, req: ChatRequest | None = None
+                    ) -> tuple[ChatResult, float, int]:
+        local = ep.local
+        estimate, prompt_est, completion_est = await self._reserve(r, messages, params, local)
+        if req is None:
+            req = ChatRequest(r.model, messages, params, spec.schema if spec else None,
+                              spec.name if spec else "response")
         if sample and "seed" not in params and local:
             req.params = {**params, "seed": sample}
         max_retries = self.config.limits.max_retries
@@ -348,20 +444,18 @@ class Gateway:
             raise
         cost = self.prices.cost(r.model, usage.prompt_tokens, usage.completion_tokens, local=local)
         self.budget.settle(estimate, cost)
-        st = self.stats
-        st.calls += 1
-        st.prompt_tokens += usage.prompt_tokens
-        st.completion_tokens += usage.completion_tokens
-        st.cost_usd += cost
-        avg = self._completion_avg.get(r.model)
-        self._completion_avg[r.model] = usage.completion_tokens if avg is None else 0.9 * avg + 0.1 * usage.completion_tokens
+        self._count(r.model, result, cost)
         return result, cost, errors + throttles + 1
 
     async def aclose(self) -> None:
         for ep in self._endpoints.values():
+            if ep.batcher is not None:
+                await ep.batcher.aclose()
             for rep in ep.replicas.all:
                 await rep.client.aclose()
         self._endpoints.clear()
+        if self._ledger is not None:
+            self._ledger.close()
 
 
 def weights_fingerprint(spec: str) -> str:

@@ -26,7 +26,7 @@ from synthtrace.engine.cost import Budget
 from synthtrace.engine.gateway import Gateway, RecordLLM
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.progress import RunProgress
-from synthtrace.engine.settings import RunSettings
+from synthtrace.engine.settings import RunSettings, parse_duration
 from synthtrace.engine.shards import parse_shard, shard_of
 from synthtrace.engine.store import IdIndex, RunStore
 from synthtrace.inputs import BadInput, Record
@@ -95,7 +95,9 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     journal = Journal(settings.journal or store.journal_path, replay_earlier=not settings.fresh)
     budget = Budget(settings.max_usd, already_spent=0.0 if settings.fresh else journal.total_cost())
     gateway = Gateway(config, journal, budget=budget, fresh=settings.fresh, concurrency=settings.concurrency,
-                      rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model, share=settings.share_of_limits)
+                      rpm=settings.rpm, tpm=settings.tpm, default_model=settings.model, share=settings.share_of_limits,
+                      batch=settings.batch, batch_deadline_s=parse_duration(settings.batch_deadline),
+                      batch_retry_length=settings.batch_retry_length)
     result = RunResult("complete")
     if store.repaired_bytes:
         result.messages.append(f"repaired {store.rows_path}: cut a torn last line ({store.repaired_bytes} bytes)")
@@ -351,9 +353,14 @@ def _provenance(recipe: Recipe, record: Record, llm: RecordLLM, extra: dict[str,
 
 def _stats(gateway: Gateway) -> dict[str, Any]:
     st = gateway.stats
-    return {"calls": st.calls, "replayed": st.replayed, "retries": st.retries, "throttled": st.throttled,
-            "failures": st.failures, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-            "cost_usd": round(st.cost_usd, 6), "cost_usd_total": round(gateway.budget.spent, 6)}
+    out = {"calls": st.calls, "replayed": st.replayed, "retries": st.retries, "throttled": st.throttled,
+           "failures": st.failures, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+           "cost_usd": round(st.cost_usd, 6), "cost_usd_total": round(gateway.budget.spent, 6)}
+    batches = gateway.batch_stats()
+    if batches:
+        out.update(batch_calls=st.batch_calls, batch_cost_usd=round(st.batch_cost_usd, 6),
+                   online_cost_usd=round(st.cost_usd - st.batch_cost_usd, 6), batches=batches)
+    return out
 
 
 def _manifest(recipe: Recipe, settings: RunSettings, config: Config, gateway: Gateway, status: str) -> dict[str, Any]:

@@ -37,6 +37,12 @@ class RunSettings:
     shard: str | None = option(None, "Only the records whose id hashes to shard I of N, into OUTPUT/shard-I-of-N/ "
                                      "(for a job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
                                      "`synthtrace merge OUTPUT` joins them.", flags=("--shard",))
+    batch: bool = option(False, "Send the calls as provider batches at half price (OpenAI, Anthropic endpoints); "
+                                "they take longer. Same as `mode: batch` on an endpoint.")
+    batch_deadline: str | None = option(None, "With batches: what has not come back after this long (90s, 30m, "
+                                              "2h, 1h30m) is cancelled and asked online.")
+    batch_retry_length: bool = option(False, "With batches: ask an answer cut by max_tokens again, once, with "
+                                             "twice the tokens.")
     ray: str | None = option(None, "Run the shards as Ray workers and merge them into OUTPUT: alone, on a new local "
                                    "cluster (or RAY_ADDRESS's); with an ADDRESS (`auto`, `HOST:6379`), on that "
                                    "cluster. Needs synthtrace[ray].", flags=("--ray",), bare="local")
@@ -61,3 +67,18 @@ class RunSettings:
         """The settings as the manifest records them."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()
                 if k not in ("publish", "outputs")} | {"outputs": {k: str(v) for k, v in self.outputs.items()}}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """`90s`, `30m`, `2h`, `1h30m`, `1d` or a number of seconds, as seconds (None for None)."""
+    if text is None:
+        return None
+    import re
+
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", t)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([dhms])", "", t).strip():
+        raise ValueError(f"--batch-deadline: expected a duration such as 90s, 30m, 2h or 1h30m, got {text!r}")
+    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts)

@@ -120,9 +120,10 @@ class HTTPClient:
     in_process = False
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout: float = 600.0,
-                 connect_timeout: float = 30.0, network: Network | None = None):
+                 connect_timeout: float = 30.0, network: Network | None = None,
+                 content_type: str | None = "application/json"):
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._network = network
@@ -130,12 +131,27 @@ class HTTPClient:
 
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         """POST `payload`; return the decoded JSON body, or raise the error that fits the failure."""
+        body = await self.send("POST", url, orjson.dumps(payload), headers)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RetryableError(f"{self.name}: malformed JSON body ({len(body)} bytes): {e}") from e
+
+    async def get_json(self, url: str) -> Any:
+        body = await self.send("GET", url)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RetryableError(f"{self.name}: malformed JSON body ({len(body)} bytes): {e}") from e
+
+    async def send(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+        """One request; the body of a 2xx answer, or the error that fits the failure."""
         pool = self._pool
         if pool is None:
             pool = self._pool = ConnectionPool(self._headers, self._timeout, self._connect_timeout,
                                                network=self._network)
         try:
-            resp = await pool.request("POST", url, orjson.dumps(payload), headers)
+            resp = await pool.request(method, url, body, headers)
         except Timeout as e:
             raise RetryableError(f"{self.name}: request timed out ({e})") from e
         except ConnectError as e:
@@ -157,10 +173,7 @@ class HTTPClient:
                                   f"(set the endpoint's base_url to the final address)", status)
         if status >= 400:
             raise FatalError(f"{self.name}: HTTP {status}: {provider_message(body)}", status)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise RetryableError(f"{self.name}: malformed JSON body ({len(body)} bytes): {e}") from e
+        return body
 
     async def aclose(self) -> None:
         if self._pool is not None:
