@@ -207,35 +207,44 @@ def test_batch_status_shows_a_killed_runs_batches_and_cancel_stops_them_for_the_
     assert gone.returncode == 1 and "no batches.db (this run sent no batches)" in gone.stderr
 
 
-def test_a_refused_create_stops_the_run_with_exit_1_and_the_batch_kept_on_record(fp, cli, tmp_path, write_jsonl):
+@pytest.mark.parametrize("kind, status, message", [
+    ("openai", 401, "Incorrect API key provided"),
+    ("openai", 429, "You exceeded your current quota, please check your plan and billing details."),
+    ("anthropic", 400, "Your credit balance is too low to access the Anthropic API."),
+], ids=["bad-key", "openai-no-quota", "anthropic-no-credit"])
+def test_a_refused_create_stops_the_run_with_exit_1_and_the_batch_kept_on_record(kind, status, message, fp, cli,
+                                                                                  tmp_path, write_jsonl):
     inp = write_jsonl(prompts(5))
-    fp.batch_faults.fail_create = 401
+    fp.batch_faults.fail_create, fp.batch_faults.fail_create_message = status, message
     done = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config",
-               batch_config(tmp_path / "b.yaml", fp), "-q")
-    assert done.exit_code == 1 and "HTTP 401" in done.output
+               batch_config(tmp_path / "b.yaml", fp, kind), "-q")
+    assert done.exit_code == 1 and message in done.output
+    assert fp.batch_creates() == 1  # not asked again and again
     assert read_jsonl(tmp_path / "run" / "rows.jsonl") == [] and read_jsonl(tmp_path / "run" / "rejected.jsonl") == []
     fp.batch_faults.fail_create = None
     assert cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", tmp_path / "b.yaml",
-               "-q").exit_code == 0
+               "-q").exit_code == 0  # the batch kept on record is created now
     assert len(read_jsonl(tmp_path / "run" / "rows.jsonl")) == 5
 
 
 def test_answers_cut_by_max_tokens_are_counted_and_asked_again_with_more_when_allowed(fp, cli, tmp_path, write_jsonl):
     inp = write_jsonl([{"id": "a", "prompt": "long one", "max_tokens": 50}, {"id": "b", "prompt": "short one"}])
     fp.script("long one", {"text": "cut sho", "finish_reason": "length"}, "the whole answer")
-    cfg = batch_config(tmp_path / "b.yaml", fp)
-    kept = cli("run", "completions", "-i", inp, "-o", tmp_path / "kept", "--config", cfg, "-q")
+    cfg = make_config(tmp_path / "b.yaml", fp, endpoints={"fake": {"kind": "openai", "base_url": fp.openai_base,
+                                                                   **FAST}})  # no mode: --batch asks for it
+    kept = cli("run", "completions", "-i", inp, "-o", tmp_path / "kept", "--config", cfg, "-q", "--batch")
     assert kept.exit_code == 0 and "1 cut by max_tokens" in kept.output
     assert {r["id"]: r["completion"] for r in read_jsonl(tmp_path / "kept" / "rows.jsonl")}["a"] == "cut sho"
     fp.reset()
     fp.script("long one", {"text": "cut sho", "finish_reason": "length"}, "the whole answer")
-    retried = cli("run", "completions", "-i", inp, "-o", tmp_path / "retried", "--config", cfg, "-q",
+    retried = cli("run", "completions", "-i", inp, "-o", tmp_path / "retried", "--config", cfg, "-q", "--batch",
                   "--batch-retry-length")
     assert retried.exit_code == 0, retried.output
     assert {r["id"]: r["completion"] for r in read_jsonl(tmp_path / "retried" / "rows.jsonl")}["a"] == \
         "the whole answer"
-    bodies = [it for it in fp.batch_items if it.prompt == "long one"]
-    assert len(bodies) == 2
+    assert [it.outcome for it in fp.batch_items if it.prompt == "long one"] == ["succeeded", "succeeded"]
+    asked = [p["max_tokens"] for b in fp.batches.values() for p in b.params if "long one" in json.dumps(p)]
+    assert asked == [50, 100] and fp.requests == []  # the second time with twice the tokens
 
 
 def test_dry_run_shows_the_batch_estimate_and_max_usd_holds_in_batch_mode(fp, cli, tmp_path, write_jsonl):

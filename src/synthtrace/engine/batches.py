@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -37,11 +38,22 @@ from typing import Any
 import orjson
 
 from synthtrace.llm.batches import FATAL, OK, BatchItem
-from synthtrace.types import ChatRequest, ChatResult, EndpointRefused, FatalError, LLMError, RetryableError, Struct
+from synthtrace.types import (
+    ChatRequest,
+    ChatResult,
+    EndpointRefused,
+    FatalError,
+    LLMError,
+    RateLimited,
+    RetryableError,
+    Struct,
+)
 
 BATCH_DISCOUNT = 0.5  # OpenAI and Anthropic charge half for batch requests
 NOT_FOUND_GRACE_S = 120.0  # a batch read right after its creation may answer 404 for a while
 LEDGER = "batches.db"
+# No money left: asking again cannot help (OpenAI's insufficient_quota 429, Anthropic's credit balance 400).
+_NO_CREDIT = re.compile(r"insufficient_quota|exceeded your current quota|credit balance", re.IGNORECASE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -204,7 +216,7 @@ class Batcher:
             keys = [row[0] for row in self.ledger.items(b["local_id"])]
             for key in keys:
                 self.in_batch[key] = b["local_id"]
-            self._start(b)
+            self._spawn(self._follow(b, resumed=True))
 
     async def ask(self, key: str, model: str, req: ChatRequest, request: dict[str, Any]) -> tuple[ChatResult, float]:
         """The answer to one call, from a batch (or online past the deadline); journaled before it returns."""
@@ -258,10 +270,7 @@ class Batcher:
             self.in_batch[w.key] = local_id
         self.stats.batches += 1
         self.stats.items += len(todo)
-        self._start(self.ledger.batch(local_id))
-
-    def _start(self, batch: dict[str, Any]) -> None:
-        self._spawn(self._follow(batch))
+        self._spawn(self._follow(self.ledger.batch(local_id), resumed=False))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -280,23 +289,28 @@ class Batcher:
 
     # -- one batch, from its upload to its last result ---------------------------------------------
 
-    async def _follow(self, b: dict[str, Any]) -> None:
+    async def _follow(self, b: dict[str, Any], resumed: bool) -> None:
+        """Take batch `b` from wherever it is (a `resumed` one: where an earlier run left it) to its end."""
         local_id = b["local_id"]
         rows = self.ledger.items(local_id)
         lines = [row[2] for row in rows]
         try:
             if b["batch_id"] is None:
+                # An earlier run may have been cut off during the create: the batch would exist, unrecorded.
+                cut_off = resumed and (b["state"] == "uploaded" or self.api.kind != "openai")
                 if b["state"] == "prepared" and self.api.kind == "openai":
                     b["file_id"] = await self._step(lambda: self.api.upload(lines))
                     self.ledger.set(local_id, state="uploaded", file_id=b["file_id"])
                 found = None
-                if b["state"] != "prepared" or self.api.kind != "openai":  # a create may have been cut off
+                if cut_off:
                     found = await self._step(lambda: self.api.find(b["file_id"], b["created"], len(lines),
                                                                    self.ledger.claimed()))
                 b["batch_id"] = found or await self._step(lambda: self.api.create(b["file_id"], lines, local_id))
                 self.ledger.set(local_id, state="submitted", batch_id=b["batch_id"])
-                if found:
-                    self.say(f"batch {found}: found at the provider and adopted (its creation was cut off)")
+                self.say(f"batch {b['batch_id']}: found at the provider and adopted (its creation was cut off)"
+                         if found else f"batch {b['batch_id']}: {len(lines):,} requests submitted at half price")
+            elif resumed:
+                self.say(f"batch {b['batch_id']} ({len(lines):,} requests), submitted earlier: reading it")
             status = await self._poll(b)
             items = await self._step(lambda: self.api.results(status)) if status.sources else []
             await self._collect(b, rows, items, status)
@@ -314,10 +328,12 @@ class Batcher:
             try:
                 return await call()
             except FatalError as e:
-                if e.run_level or e.status in (402,):
+                if e.run_level or e.status == 402 or _NO_CREDIT.search(str(e)):
                     raise EndpointRefused(str(e), e.status) from e
                 raise
-            except RetryableError:
+            except RetryableError as e:
+                if isinstance(e, RateLimited) and _NO_CREDIT.search(str(e)):  # OpenAI: 429 insufficient_quota
+                    raise EndpointRefused(str(e), 429) from e
                 if attempt >= self.max_retries:
                     raise
                 await asyncio.sleep(min(30.0, 0.25 * 2 ** attempt))
@@ -356,6 +372,8 @@ class Batcher:
         answers = [a for a in await asyncio.gather(*(self._answered(key, by_key[key], item.result)
                                                      for key, item in seen.items() if item.outcome == OK)) if a]
         self.ledger.set(b["local_id"], state="collected", note=status.problem or None)
+        if status.problem:
+            self.say(f"batch {b['batch_id']} failed as a whole ({status.problem}): its requests go online")
         for key, result, cost in answers:  # callers are looked up now: one may have come while the journal wrote
             w = self.waiting.get(key)
             if w is not None and not w.future.done():
@@ -381,7 +399,7 @@ class Batcher:
             again.append(w)
         if again:
             self.stats.resent += len(again)
-            if self.retry == "online" or self.past_deadline:
+            if self.retry == "online" or self.past_deadline or status.problem:
                 for w in again:
                     self._spawn(self._answer_online(w))
             else:

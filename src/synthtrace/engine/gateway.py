@@ -172,8 +172,10 @@ class Gateway:
 
         import dataclasses
 
-        return Batcher(name, api, self._ledger, endpoint_config=dataclasses.asdict(e), record=record, online=online,
-                       cost=cost,
+        stored = dataclasses.asdict(e)  # for `synthtrace batch status|cancel`: the endpoint, without secrets
+        if stored.get("proxy") and "@" in str(stored["proxy"]):
+            stored["proxy"] = None  # a proxy URL with credentials: those commands use HTTPS_PROXY & co.
+        return Batcher(name, api, self._ledger, endpoint_config=stored, record=record, online=online, cost=cost,
                        window_s=e.batch_window_s, max_items=e.batch_max, poll_s=e.batch_poll_s,
                        deadline=self._batch_deadline, retry=e.batch_retry, retry_length=self._batch_retry_length,
                        max_retries=self.config.limits.max_retries, say=self._notices.append)
@@ -222,7 +224,9 @@ class Gateway:
 
     @property
     def in_flight(self) -> int:
-        return sum(ep.replicas.in_flight for ep in self._endpoints.values())
+        """Requests on their way: sent, or waiting in a provider batch."""
+        return sum(ep.replicas.in_flight + (len(ep.batcher.waiting) if ep.batcher else 0)
+                   for ep in self._endpoints.values())
 
     # -- the door -------------------------------------------------------------------------------
 

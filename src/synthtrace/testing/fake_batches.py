@@ -108,6 +108,7 @@ class BatchFaults:
     truncate_outputs: int = 0  # the next N batches' output file / results are cut short (counts down)
     hold_s: dict[str, float] = field(default_factory=dict)  # "upload" | "create" | "poll" | "download" → s
     fail_create: int | None = None  # answer every create with this HTTP status (no batch is created)
+    fail_create_message: str = "injected batch create failure"  # … and this message
     seed: int = 0  # of the per-batch generator that draws `errored` / `expired`
 
 
@@ -335,7 +336,7 @@ class BatchStore:
             faults = self.fp.batch_faults
             if faults.fail_create is not None:
                 return faults.fail_create, orjson.dumps(error_body(OPENAI, faults.fail_create,
-                                                                   "injected batch create failure")), JSON
+                                                                   faults.fail_create_message)), JSON
             body = _loads(raw)
             if not isinstance(body, dict):
                 return _openai_error(400, "request body is not a JSON object")
@@ -364,7 +365,7 @@ class BatchStore:
             faults = self.fp.batch_faults
             if faults.fail_create is not None:
                 return faults.fail_create, orjson.dumps(error_body(ANTHROPIC, faults.fail_create,
-                                                                   "injected batch create failure")), JSON
+                                                                   faults.fail_create_message)), JSON
             body = _loads(raw)
             requests = body.get("requests") if isinstance(body, dict) else None
             if not isinstance(requests, list) or not requests:
