@@ -433,8 +433,27 @@ def export() -> None:
 @click.option("--recipe", "recipe_ref", metavar="REF",
               help="The recipe of the rows (a name, package.module:Class or file.py[:Class]), when the run's "
                    "manifest cannot say (its recipe file moved).")
+@click.option("--decontaminate-against", "eval_sets", metavar="FILE", multiple=True, type=EXISTING_PATH,
+              help="Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): examples that share a word "
+                   "n-gram with one of its items go to NAME.removed.jsonl with the n-gram. Repeatable.")
+@click.option("--eval-field", "eval_fields", metavar="NAME", multiple=True,
+              help="A text field of the evaluation sets (default: detected). Repeatable.")
+@click.option("--ngram", default=13, show_default=True, type=click.IntRange(3, 50),
+              help="Words in a matching n-gram.")
+@click.option("--ngram-short", default=8, show_default=True, type=click.IntRange(3, 50),
+              help="… for evaluation items under twice --ngram words.")
+@click.option("--min-overlap", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of n-grams an example and an evaluation item have in common (of the smaller of the two) "
+                   "from which it is removed; 0: any shared n-gram.")
+@click.option("--dedup", "dedup", multiple=True, type=click.Choice(["question", "trace", "answer", "example"]),
+              help="Drop near-duplicates of an earlier example in this part (MinHash LSH; the first is kept). "
+                   "Repeatable; needs synthtrace[clean].")
+@click.option("--dedup-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Jaccard similarity of word 5-gram shingles from which two texts are near-duplicates.")
 def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float, seed: int, include_unverified: bool,
-                       include_hinted: bool, with_metadata: bool, recipe_ref: str | None) -> None:
+                       include_hinted: bool, with_metadata: bool, recipe_ref: str | None, eval_sets: tuple[Path, ...],
+                       eval_fields: tuple[str, ...], ngram: int, ngram_short: int, min_overlap: float,
+                       dedup: tuple[str, ...], dedup_threshold: float) -> None:
     """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source.
 
     Each row becomes an example through its recipe's `to_sft`.
@@ -442,7 +461,10 @@ def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float,
     from synthtrace.export.sft import ExportError, ExportOptions, export_sft
 
     options = ExportOptions(format=fmt, val_fraction=val_fraction, seed=seed, include_unverified=include_unverified,
-                            include_hinted=include_hinted, with_metadata=with_metadata, recipe=recipe_ref)
+                            include_hinted=include_hinted, with_metadata=with_metadata, recipe=recipe_ref,
+                            decontaminate_against=list(eval_sets), eval_fields=list(eval_fields), ngram=ngram,
+                            ngram_short=ngram_short, min_overlap=min_overlap, dedup=list(dedup),
+                            dedup_threshold=dedup_threshold)
     try:
         result = export_sft(run_path, out, options)
     except ExportError as e:
@@ -463,6 +485,11 @@ def _print_export(result: Any) -> None:
     table.add_row("skipped", f"{sum(result.skipped.values()):,}")
     for reason, n in result.skipped.most_common():
         table.add_row("", f"{n:,} {escape(reason)}")
+    if result.removed_path is not None:
+        table.add_row("removed", f"{sum(result.removed.values()):,} (with their evidence in "
+                                 f"{escape(str(result.removed_path))})")
+        for reason, n in result.removed.most_common():
+            table.add_row("", f"{n:,} {escape(reason)}")
     if result.rebuilt_prompts:
         table.add_row("prompts rebuilt", f"{result.rebuilt_prompts:,} (rows without a stored prompt)")
     if result.bad_line_count:

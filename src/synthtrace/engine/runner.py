@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,11 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     stop = asyncio.Event()
 
     said: Counter[str] = Counter()  # rejection reasons printed, numbers taken out
+    contamination = None
+    if settings.decontaminate_against:
+        from synthtrace.quality.contamination import ContaminationIndex
+
+        contamination = ContaminationIndex.build(settings.decontaminate_against)
 
     def reject(entry: dict[str, Any], message: str | None = None) -> None:
         store.reject(entry)
@@ -200,6 +205,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
                 for part in rows.rejected:
                     _reject_part(reject, record, part)
                 rows = rows.rows
+            if contamination is not None:
+                rows = _decontaminated(contamination, reject, record, rows)
             if not rows:
                 result.records_rejected += 1
                 progress.advance(rejected=True)
@@ -338,6 +345,35 @@ def _reject_part(reject: Any, record: Record, part: Rejected) -> None:
         raise TypeError(f"RecordOutcome.rejected holds Rejected(reason, part=…, **details), got {part!r}")
     entry = {"id": record.id, "record_id": record.id, "source": record.source, "line": record.line, **part.to_entry()}
     reject(entry, f"{record.source}:{record.line}: {part.part or record.id}: {part.reason}")
+
+
+def _decontaminated(index: Any, reject: Any, record: Record, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` without those that overlap an evaluation set; each of those is rejected with its evidence."""
+    kept = []
+    for row in rows:
+        hit = next(((path, m) for path, text in _texts(row) if (m := index.find(text)) is not None), None)
+        if hit is None:
+            kept.append(row)
+            continue
+        path, m = hit
+        part = str(row.get("note_id") or row.get("id") or record.id)
+        _reject_part(reject, record, Rejected(f"overlap with {m.eval_set}", part=part, field=path,
+                                              method=f"word {m.n}-gram overlap", threshold=index.min_overlap,
+                                              evidence=m.as_dict()))
+    return kept
+
+
+def _texts(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, text) of each string in a row, its provenance aside."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not (k == "provenance" and not path):
+                yield from _texts(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _texts(v, f"{path}[{i}]")
 
 
 def _provenance(recipe: Recipe, record: Record, llm: RecordLLM, extra: dict[str, Any] | None) -> dict[str, Any]:

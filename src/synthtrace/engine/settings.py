@@ -37,6 +37,10 @@ class RunSettings:
     shard: str | None = option(None, "Only the records whose id hashes to shard I of N, into OUTPUT/shard-I-of-N/ "
                                      "(for a job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
                                      "`synthtrace merge OUTPUT` joins them.", flags=("--shard",))
+    decontaminate_against: list[Path] = option(
+        [], "Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): rows sharing word 13-grams with one "
+            "of its items are rejected, with the n-gram, instead of written. Repeatable; needs synthtrace[clean].",
+        exists=True)
     batch: bool = option(False, "Send the calls as provider batches at half price (OpenAI, Anthropic endpoints); "
                                 "they take longer. Same as `mode: batch` on an endpoint.")
     batch_deadline: str | None = option(None, "With batches: what has not come back after this long (90s, 30m, "

@@ -52,6 +52,16 @@ class ExportOptions:
     include_hinted: bool = True
     with_metadata: bool = True
     recipe: str | None = None  # the recipe of the run's rows, when its manifest cannot say (a moved file)
+    # Cleaning (`synthtrace.quality`): examples sharing a word n-gram with an item of these evaluation
+    # sets, and near-duplicates of an earlier example in these parts (question, trace, answer, example),
+    # go to NAME.removed.jsonl with their evidence instead of the training files.
+    decontaminate_against: list[Path] = field(default_factory=list)
+    eval_fields: list[str] = field(default_factory=list)  # the evaluation sets' text fields (default: detected)
+    ngram: int = 13
+    ngram_short: int = 8  # for evaluation items under 2 × ngram words
+    min_overlap: float = 0.1  # share of n-grams in common (of the smaller text) from which an example is removed
+    dedup: list[str] = field(default_factory=list)
+    dedup_threshold: float = 0.8
 
 
 @dataclass(slots=True)
@@ -68,6 +78,8 @@ class ExportResult:
     bad_line_count: int = 0
     bad_lines: list[str] = field(default_factory=list)  # the first few, "rows.jsonl:N: reason"
     warnings: list[str] = field(default_factory=list)
+    removed_path: Path | None = None
+    removed: Counter[str] = field(default_factory=Counter)  # "overlap with SET" / "near-duplicate QUESTION" → examples
 
 
 def rows_file(run: Path) -> Path:
@@ -81,6 +93,60 @@ def rows_file(run: Path) -> Path:
 def val_path_for(out: Path) -> Path:
     """`sft.jsonl` → `sft.val.jsonl`, beside it."""
     return out.with_name(f"{out.stem}.val{out.suffix}")
+
+
+def removed_path_for(out: Path) -> Path:
+    """`sft.jsonl` → `sft.removed.jsonl`, beside it: what cleaning took out, with the evidence."""
+    return out.with_name(f"{out.stem}.removed{out.suffix}")
+
+
+DEDUP_PARTS = ("question", "trace", "answer", "example")
+
+
+class Cleaner:
+    """Decontamination and near-duplicate removal for one export: `why(example)` is None for a
+    clean example (remembered for the near-duplicate check), else the removal's reason and evidence."""
+
+    def __init__(self, options: ExportOptions):
+        self.index = None
+        if options.decontaminate_against:
+            from synthtrace.quality.contamination import ContaminationIndex
+
+            self.index = ContaminationIndex.build(options.decontaminate_against, options.ngram, options.ngram_short,
+                                                  options.eval_fields, options.min_overlap)
+        self.options = options
+        self.seen: dict[str, Any] = {}
+        if options.dedup:
+            from synthtrace.quality.neardup import NearDuplicates
+
+            self.seen = {part: NearDuplicates(options.dedup_threshold) for part in options.dedup}
+
+    @staticmethod
+    def parts(ex: ChatExample) -> dict[str, str]:
+        return {"question": ex.user, "trace": ex.reasoning, "answer": ex.answer,
+                "example": "\n".join((ex.user, ex.reasoning, ex.answer))}
+
+    def why(self, example_id: str, ex: ChatExample) -> dict[str, Any] | None:
+        parts = self.parts(ex)
+        if self.index is not None:
+            for part in ("question", "trace", "answer"):
+                hit = self.index.find(parts[part])
+                if hit is not None:
+                    return {"reason": f"overlap with {hit.eval_set}", "part": part,
+                            "method": f"word {hit.n}-gram overlap", "threshold": self.options.min_overlap,
+                            "evidence": hit.as_dict()}
+        hits = {part: seen.check(example_id, parts[part]) for part, seen in self.seen.items()} if self.seen else {}
+        for part, hit in hits.items():
+            if hit is not None:
+                return {"reason": f"near-duplicate {part}", "part": part,
+                        "method": "MinHash LSH (128 permutations, 5-word shingles), Jaccard",
+                        "threshold": self.options.dedup_threshold,
+                        "evidence": {"neighbour": hit[0], "similarity": round(hit[1], 4)}}
+        return None
+
+    def close(self) -> None:
+        for seen in self.seen.values():
+            seen.close()
 
 
 def split_of(group: str, seed: int, val_fraction: float) -> str:
@@ -145,8 +211,17 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
         result.warnings.append(f"{val_path_for(out)} is from an earlier export (this one writes no validation "
                                "file); it may share sources with the new training file")
 
+    bad = [p for p in options.dedup if p not in DEDUP_PARTS]
+    if bad:
+        raise ExportError(f"--dedup: unknown part {bad[0]!r} (expected {', '.join(DEDUP_PARTS)})")
+    try:
+        cleaner = Cleaner(options) if options.decontaminate_against or options.dedup else None
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise ExportError(str(e)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     targets = {"train": out, **({"val": val_path} if val_path else {})}
+    if cleaner is not None:
+        result.removed_path = targets["removed"] = removed_path_for(out)
     temps = {split: path.with_name(f".{path.name}.tmp") for split, path in targets.items()}
     files: dict[str, IO[bytes]] = {}
     seen_groups: dict[str, set[str]] = {split: set() for split in targets}
@@ -160,13 +235,23 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
                     result.bad_lines.append(f"{rows_path}:{item.line}: {item.reason}")
                 continue
             result.rows_read += 1
-            _, row = item
+            line, row = item
             example = _example(row, options, recipes)
             if isinstance(example, str):
                 result.skipped[example] += 1
                 continue
             split = split_of(example.group, options.seed, options.val_fraction)
-            files[split].write(orjson.dumps(render(example, options.format, options.with_metadata)) + b"\n")
+            rendered = render(example, options.format, options.with_metadata)
+            if cleaner is not None:
+                example_id = f"{rows_path.name}:{line}"
+                removal = cleaner.why(example_id, example)
+                if removal is not None:
+                    result.removed[removal["reason"]] += 1
+                    entry = {"id": example_id, "row_id": row.get("id", row.get("note_id")), "group": example.group,
+                             "split": split, **removal, "example": rendered}
+                    files["removed"].write(orjson.dumps(entry) + b"\n")
+                    continue
+            files[split].write(orjson.dumps(rendered) + b"\n")
             result.examples[split] += 1
             result.by_kind[(split, example.kind)] += 1
             result.rebuilt_prompts += example.rebuilt_prompt
@@ -181,6 +266,9 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if cleaner is not None:
+            cleaner.close()
     result.groups = Counter({split: len(groups) for split, groups in seen_groups.items()})
     if val_path is not None and sum(result.examples.values()):
         for split, name in (("train", "training"), ("val", "validation")):
