@@ -351,3 +351,24 @@ def test_synthtrace_view_serves_on_loopback_and_warns_for_anything_else(medec_ru
             proc.terminate()
             _, stderr = proc.communicate(timeout=30)
         assert ("anyone who can reach this machine can read these runs" in stderr) is warned
+
+
+@browser_only
+def test_the_report_shows_what_an_export_removed_and_the_evidence(page, medec_run, tmp_path):
+    pytest.importorskip("numpy")
+    sft = tmp_path / "sft.jsonl"
+    # Rows made from the sample notes, checked against the same notes: every example repeats one.
+    run_cli(tmp_path, "export", "sft", medec_run, "--out", sft, "--val-fraction", 0,
+            "--decontaminate-against", MEDEC_SAMPLE)
+    removed = tmp_path / "sft.removed.jsonl"
+    assert lines(removed) == lines(medec_run / "rows.jsonl")
+    report = write_report(medec_run, tmp_path / "report.html", removed=[removed])
+    watch = Watch(page)
+    page.goto(report.as_uri())
+    section = page.wait_for_selector("[data-testid=removed]")
+    text = section.text_content()
+    assert f"Removed at export ({lines(removed)})" in text and "overlap with medec-ms-val-sample.csv" in text
+    assert "word 13-gram overlap" in text and "ms-val-219" in text  # the method, and an item repeated
+    first = json.loads(removed.read_text().splitlines()[0])
+    assert first["evidence"]["ngram"] in text
+    assert watch.errors == []

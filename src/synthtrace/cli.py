@@ -627,12 +627,15 @@ def view_command(runs: tuple[Path, ...], port: int, host: str) -> None:
 @click.option("--out", "-o", "target", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write (self-contained: it opens offline).")
 @click.option("--sample", default=20, show_default=True, type=click.IntRange(0, 500), help="Rows shown in full.")
-def report_command(run: Path, target: Path, sample: int) -> None:
+@click.option("--removed", "removed", metavar="FILE", multiple=True, type=EXISTING_PATH,
+              help="An export's NAME.removed.jsonl: what decontamination and --dedup took out, with the evidence. "
+                   "Repeatable.")
+def report_command(run: Path, target: Path, sample: int, removed: tuple[Path, ...]) -> None:
     """One self-contained HTML file about a run: its funnel, scores, grades, mix, cost over time, a sample."""
     from synthtrace.view.report import write_report
 
     try:
-        write_report(run, target, sample=sample)
+        write_report(run, target, sample=sample, removed=list(removed))
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
     out.print(f"report: {escape(str(target))}", soft_wrap=True)

@@ -31,13 +31,41 @@ SCORE_PREFIXES = ("quality.", "answer_grades.", "judge.", "grades.", "scores.", 
 TIME_BUCKETS = 60
 
 
-def build_report(run: Path, sample: int = 20) -> dict[str, Any]:
-    """Everything the report shows, as plain data."""
+REMOVED_SHOWN = 50  # removed examples listed with their evidence (all are counted)
+
+
+def build_report(run: Path, sample: int = 20, removed: list[Path] | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data; `removed`: the NAME.removed.jsonl files of exports
+    of this run (`export sft --decontaminate-against / --dedup`)."""
     index = RunIndex(run)
     try:
-        return _figures(index, sample)
+        data = _figures(index, sample)
     finally:
         index.close()
+    if removed:
+        data["removed"] = _removed(removed)
+    return data
+
+
+def _removed(paths: list[Path]) -> dict[str, Any]:
+    """What cleaning took out of this run's exports: counts by reason, and the first ones with evidence."""
+    from synthtrace.inputs import BadInput, read_jsonl
+
+    reasons: Counter[str] = Counter()
+    shown: list[dict[str, Any]] = []
+    for path in paths:
+        for item in read_jsonl(path):
+            if isinstance(item, BadInput):
+                continue
+            entry = item[1]
+            reasons[str(entry.get("reason"))] += 1
+            if len(shown) < REMOVED_SHOWN:
+                ev = entry.get("evidence") or {}
+                shown.append({"file": path.name, "id": entry.get("id"), "row": entry.get("row_id"),
+                              "reason": entry.get("reason"), "part": entry.get("part"), "method": entry.get("method"),
+                              "evidence": ev.get("ngram") or ev.get("neighbour"),
+                              "item": ev.get("item"), "score": ev.get("overlap", ev.get("similarity"))})
+    return {"reasons": [[k, v] for k, v in reasons.most_common()], "entries": shown, "total": sum(reasons.values())}
 
 
 def _figures(index: RunIndex, sample: int) -> dict[str, Any]:
@@ -180,8 +208,8 @@ def render_html(data: dict[str, Any]) -> str:
     ])
 
 
-def write_report(run: Path, out: Path, sample: int = 20) -> Path:
-    html = render_html(build_report(run, sample))
+def write_report(run: Path, out: Path, sample: int = 20, removed: list[Path] | None = None) -> Path:
+    html = render_html(build_report(run, sample, removed))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(html, encoding="utf-8")

@@ -60,6 +60,12 @@
         <div><h4>$</h4><${Line} xs=${data.spend.minutes} ys=${data.spend.usd_series} label="usd" /></div></div>
         <p>${fmt(data.calls)} calls · ${fmt(data.spend.tokens_total)} tokens · $${fmt(data.spend.usd)} ·
            per kept example: ${fmt(data.per_example.calls)} calls, $${fmt(data.per_example.usd)}</p></section>` : ""}
+      ${data.removed ? html`<section data-testid="removed"><h3>Removed at export (${fmt(data.removed.total)})</h3>
+        <${Bars} label="removed" rows=${data.removed.reasons} />
+        <table class="rows"><thead><tr><th>example</th><th>reason</th><th>part</th><th>method</th><th>evidence</th>
+          <th>item</th><th>overlap / similarity</th></tr></thead><tbody>${data.removed.entries.map((e) => html`<tr>
+          <td>${fmt(e.row || e.id)}</td><td>${fmt(e.reason)}</td><td>${fmt(e.part)}</td><td>${fmt(e.method)}</td>
+          <td>${fmt(e.evidence)}</td><td>${fmt(e.item)}</td><td class="num">${fmt(e.score)}</td></tr>`)}</tbody></table></section>` : ""}
       <section><h3>Options</h3><${Table} value=${data.options} /></section>
       ${data.sample.length ? html`<section><h3>A sample of rows</h3>${data.sample.map((d) => html`<${Sample} doc=${d} />`)}</section>` : ""}
     </div>`;
