@@ -132,7 +132,7 @@ def test_export_removes_contaminated_and_near_duplicate_examples_with_their_evid
                + [{"id": "again", "prompt": clean[4] + " Thanks."}])  # a near-duplicate of ok4's question
     inp = write_jsonl(prompts)
     done = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", make_config(tmp_path / "c.yaml", fp),
-               "-q")
+               "-q", "-c", 1)  # one at a time: rows.jsonl in input order, so "again" comes after ok4
     assert done.exit_code == 0, done.output
     out = tmp_path / "sft.jsonl"
     exported = cli("export", "sft", tmp_path / "run", "--out", out, "--val-fraction", 0,

@@ -29,7 +29,7 @@ from synthtrace.config import Config
 from synthtrace.console import LazyConsole
 from synthtrace.engine.gateway import GatewayStats
 from synthtrace.engine.progress import RunProgress
-from synthtrace.engine.runner import RunResult, run_recipe
+from synthtrace.engine.runner import RunResult, run_recipe, strict_check
 from synthtrace.engine.settings import RunSettings
 from synthtrace.engine.shards import SHARD_DIR, merge, shard_dir
 from synthtrace.engine.store import JOURNAL, MANIFEST, REJECTED, ROWS
@@ -211,17 +211,9 @@ async def run_on_ray(recipe: Recipe, settings: RunSettings, config: Config,
                      console: LazyConsole | None = None) -> RunResult:
     console = console or LazyConsole(stderr=True)
     check(settings)
-    from synthtrace.engine.runner import _input_problems
-
-    if settings.strict:  # checked once here, not once per worker
-        problems = _input_problems(recipe, settings.input)
-        if problems:
-            from rich.markup import escape
-
-            for p in problems[:20]:
-                console.print(f"[red]{escape(p.message())}[/red]", soft_wrap=True)
-            return RunResult("invalid-input", bad_input=len(problems),
-                             messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
+    refused = strict_check(recipe, settings, console)  # once here, not once per worker
+    if refused is not None:
+        return refused
 
     started = time.monotonic()
     ray, owned = import_ray(settings.ray or "local")

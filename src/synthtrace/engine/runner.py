@@ -84,13 +84,9 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
     goes (a Ray worker passes one that reports to its driver instead)."""
     console = console or LazyConsole(stderr=True)
     store = RunStore(settings.output)
-    if settings.strict:
-        problems = _input_problems(recipe, settings.input)
-        if problems:
-            for p in problems[:20]:
-                console.print(f"[red]{escape(p.message())}[/red]", soft_wrap=True)
-            return RunResult("invalid-input", bad_input=len(problems),
-                             messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
+    refused = strict_check(recipe, settings, console)
+    if refused is not None:
+        return refused
     store.open(fresh=settings.fresh)
     journal = Journal(settings.journal or store.journal_path, replay_earlier=not settings.fresh)
     budget = Budget(settings.max_usd, already_spent=0.0 if settings.fresh else journal.total_cost())
@@ -345,6 +341,19 @@ def _reject_part(reject: Any, record: Record, part: Rejected) -> None:
         raise TypeError(f"RecordOutcome.rejected holds Rejected(reason, part=…, **details), got {part!r}")
     entry = {"id": record.id, "record_id": record.id, "source": record.source, "line": record.line, **part.to_entry()}
     reject(entry, f"{record.source}:{record.line}: {part.part or record.id}: {part.reason}")
+
+
+def strict_check(recipe: Recipe, settings: RunSettings, console: LazyConsole) -> RunResult | None:
+    """Under --strict, the run's result when the input has bad lines (each said); else None."""
+    if not settings.strict:
+        return None
+    problems = _input_problems(recipe, settings.input)
+    if not problems:
+        return None
+    for p in problems[:20]:
+        console.print(f"[red]{escape(p.message())}[/red]", soft_wrap=True)
+    return RunResult("invalid-input", bad_input=len(problems),
+                     messages=[f"--strict: {len(problems)} bad input line(s); nothing was run"])
 
 
 def _decontaminated(index: Any, reject: Any, record: Record, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

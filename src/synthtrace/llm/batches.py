@@ -50,7 +50,31 @@ class BatchStatus(Struct):
         self.problem = problem  # why a batch failed as a whole (validation), when it did
 
 
-class OpenAIBatches:
+class _BatchAPI:
+    """What both batch APIs share: reading results files line by line, and closing."""
+
+    http: HTTPClient
+
+    def _result_urls(self, status: BatchStatus) -> list[str]:
+        raise NotImplementedError
+
+    def _item(self, line: bytes) -> BatchItem | None:
+        raise NotImplementedError
+
+    async def results(self, status: BatchStatus) -> list[BatchItem]:
+        items: list[BatchItem] = []
+        for url in self._result_urls(status):
+            for line in (await self.http.send("GET", url)).splitlines():
+                item = self._item(line)
+                if item is not None:
+                    items.append(item)
+        return items
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class OpenAIBatches(_BatchAPI):
     kind = "openai"
     max_items = 50_000
 
@@ -112,14 +136,8 @@ class OpenAIBatches:
     async def cancel(self, batch_id: str) -> None:
         await self._json("POST", f"/batches/{batch_id}/cancel", b"", "application/json")
 
-    async def results(self, status: BatchStatus) -> list[BatchItem]:
-        items: list[BatchItem] = []
-        for file_id in status.sources:
-            for line in (await self.http.send("GET", f"{self.base}/files/{file_id}/content")).splitlines():
-                item = self._item(line)
-                if item is not None:
-                    items.append(item)
-        return items
+    def _result_urls(self, status: BatchStatus) -> list[str]:
+        return [f"{self.base}/files/{file_id}/content" for file_id in status.sources]
 
     def _item(self, line: bytes) -> BatchItem | None:
         try:
@@ -146,11 +164,8 @@ class OpenAIBatches:
                                     else None)
         return orjson.loads(data)
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
-
-class AnthropicBatches:
+class AnthropicBatches(_BatchAPI):
     kind = "anthropic"
     max_items = 100_000
     _FATAL = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -194,14 +209,8 @@ class AnthropicBatches:
     async def cancel(self, batch_id: str) -> None:
         await self.http.send("POST", f"{self.base}/{batch_id}/cancel")
 
-    async def results(self, status: BatchStatus) -> list[BatchItem]:
-        items: list[BatchItem] = []
-        for url in status.sources:
-            for line in (await self.http.send("GET", url)).splitlines():
-                item = self._item(line)
-                if item is not None:
-                    items.append(item)
-        return items
+    def _result_urls(self, status: BatchStatus) -> list[str]:
+        return list(status.sources)
 
     def _item(self, line: bytes) -> BatchItem | None:
         try:
@@ -221,12 +230,8 @@ class AnthropicBatches:
             return BatchItem(cid, outcome, error=f"{err.get('type', 'error')}: {err.get('message', '')}")
         return BatchItem(cid, RETRY, error=str(kind))  # canceled, expired
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
-
-BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {"openai": OpenAIBatches,
-                                                                        "anthropic": AnthropicBatches}
+BATCH_APIS: dict[str, type[_BatchAPI]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
 
 
 def _message(body: Any) -> str:

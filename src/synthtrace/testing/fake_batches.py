@@ -521,7 +521,7 @@ class BatchStore:
         problem = request_error(dialect, body)
         if problem is not None:
             return ERRORED, 400, error_body(dialect, 400, problem)
-        item = self._scripted(body, prompt)
+        item = self.fp._scripted(body, prompt)
         if isinstance(item, Fault):
             if item.kind == STATUS:
                 if isinstance(item.body, dict):
@@ -532,17 +532,6 @@ class BatchStore:
             item = None  # a timeout only delays: answer normally
         answer = answer_for(item, dialect, body, self.fp.reasoning)
         return SUCCEEDED, 200, BODY_BUILDERS[dialect](answer, body)
-
-    def _scripted(self, body: Any, prompt: str) -> Any:
-        """The next scripted item for this request, as `FakeProvider._pick` finds it, minus the random faults."""
-        fp = self.fp
-        if not fp._scripts:
-            return None
-        with fp._lock:
-            for entry in fp._scripts:
-                if not entry.exhausted and entry.matches(body, prompt):
-                    return entry.take()
-        return None
 
     def _truncate(self, lines: list[bytes], owners: list[BatchItem]) -> bytes:
         """The JSONL of `lines`, cut short when `truncate_outputs` asks for it (then counted down)."""

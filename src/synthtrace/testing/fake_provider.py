@@ -325,6 +325,10 @@ class FakeProvider(BatchAPI):
         fault = self._fault_rates.draw()
         if fault is not None:
             return fault
+        return self._scripted(body, prompt)
+
+    def _scripted(self, body: Any, prompt: str) -> Any:
+        """The next scripted item for this request, or None (the default answer)."""
         if not self._scripts:
             return None
         with self._lock:
