@@ -177,3 +177,30 @@ def test_a_run_rejects_rows_that_overlap_an_evaluation_set_with_the_evidence(fp,
                 "--decontaminate-against", heldout)
     assert again.exit_code == 0 and len(fp.requests) == asked  # its call replays from the journal; still rejected
     assert [e["id"] for e in read_jsonl(tmp_path / "run" / "rejected.jsonl")] == ["leak"]
+
+
+def test_embedding_similarity_removes_what_means_the_same_with_its_evidence(fp, cli, tmp_path, write_jsonl):
+    pytest.importorskip("transformers")
+    from synthtrace.train.tiny import build_tiny_model
+
+    corpus = Corpus(seed=13)
+    evals = [corpus.sentence() for _ in range(4)]  # under 50 words: no 50-gram can match them
+    model = build_tiny_model(tmp_path / "encoder", evals)  # random weights: the same text, the same vector
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"id": f"q{i}", "question": t}) + "\n" for i, t in enumerate(evals)))
+    inp = write_jsonl([{"id": "same", "prompt": evals[1]}] + [{"id": f"ok{i}", "prompt": corpus.document()}
+                                                                for i in range(4)])
+    cfg = make_config(tmp_path / "c.yaml", fp)
+    assert cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg, "-q").exit_code == 0
+    out = tmp_path / "sft.jsonl"
+    # 50-grams of texts under 50 words: the n-gram check cannot see the copy, only the embedding can.
+    done = cli("export", "sft", tmp_path / "run", "--out", out, "--val-fraction", 0, "--decontaminate-against",
+               heldout, "--ngram", 50, "--ngram-short", 50, "--embedding-model", model, "--embedding-threshold", 0.9999)
+    assert done.exit_code == 0, done.output
+    [removed] = read_jsonl(tmp_path / "sft.removed.jsonl")
+    assert removed["row_id"] == "same" and removed["reason"] == "similar to heldout.jsonl"
+    assert removed["method"] == "embedding cosine (encoder, mean-pooled)" and removed["threshold"] == 0.9999
+    assert removed["evidence"]["item"] == "q1" and removed["evidence"]["similarity"] >= 0.9999
+    assert len(read_jsonl(out)) == 4
+    lonely = cli("export", "sft", tmp_path / "run", "--out", tmp_path / "x.jsonl", "--embedding-model", model)
+    assert lonely.exit_code == 1 and "--embedding-model compares with the --decontaminate-against sets" in lonely.output

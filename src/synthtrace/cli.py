@@ -445,6 +445,10 @@ def export() -> None:
 @click.option("--min-overlap", default=0.1, show_default=True, type=click.FloatRange(0, 1),
               help="Share of n-grams an example and an evaluation item have in common (of the smaller of the two) "
                    "from which it is removed; 0: any shared n-gram.")
+@click.option("--embedding-model", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="Also remove examples whose embedding (a local model, e.g. a BGE or E5 directory) is within "
+                   "--embedding-threshold cosine of an evaluation item's. Needs synthtrace[train].")
+@click.option("--embedding-threshold", default=0.9, show_default=True, type=click.FloatRange(-1, 1))
 @click.option("--dedup", "dedup", multiple=True, type=click.Choice(["question", "trace", "answer", "example"]),
               help="Drop near-duplicates of an earlier example in this part (MinHash LSH; the first is kept). "
                    "Repeatable; needs synthtrace[clean].")
@@ -453,7 +457,8 @@ def export() -> None:
 def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float, seed: int, include_unverified: bool,
                        include_hinted: bool, with_metadata: bool, recipe_ref: str | None, eval_sets: tuple[Path, ...],
                        eval_fields: tuple[str, ...], ngram: int, ngram_short: int, min_overlap: float,
-                       dedup: tuple[str, ...], dedup_threshold: float) -> None:
+                       embedding_model: Path | None, embedding_threshold: float, dedup: tuple[str, ...],
+                       dedup_threshold: float) -> None:
     """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source.
 
     Each row becomes an example through its recipe's `to_sft`.
@@ -464,7 +469,8 @@ def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float,
                             include_hinted=include_hinted, with_metadata=with_metadata, recipe=recipe_ref,
                             decontaminate_against=list(eval_sets), eval_fields=list(eval_fields), ngram=ngram,
                             ngram_short=ngram_short, min_overlap=min_overlap, dedup=list(dedup),
-                            dedup_threshold=dedup_threshold)
+                            dedup_threshold=dedup_threshold, embedding_model=embedding_model,
+                            embedding_threshold=embedding_threshold)
     try:
         result = export_sft(run_path, out, options)
     except ExportError as e:

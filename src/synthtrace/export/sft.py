@@ -62,6 +62,8 @@ class ExportOptions:
     min_overlap: float = 0.1  # share of n-grams in common (of the smaller text) from which an example is removed
     dedup: list[str] = field(default_factory=list)
     dedup_threshold: float = 0.8
+    embedding_model: Path | None = None  # also remove examples this similar in meaning to an evaluation item
+    embedding_threshold: float = 0.9
 
 
 @dataclass(slots=True)
@@ -114,6 +116,14 @@ class Cleaner:
 
             self.index = ContaminationIndex.build(options.decontaminate_against, options.ngram, options.ngram_short,
                                                   options.eval_fields, options.min_overlap)
+        self.embeddings = None
+        if options.embedding_model is not None:
+            if not options.decontaminate_against:
+                raise ValueError("--embedding-model compares with the --decontaminate-against sets: name one")
+            from synthtrace.quality.embeddings import EmbeddingIndex
+
+            self.embeddings = EmbeddingIndex(options.embedding_model, options.decontaminate_against,
+                                             options.embedding_threshold, options.eval_fields)
         self.options = options
         self.seen: dict[str, Any] = {}
         if options.dedup:
@@ -135,6 +145,13 @@ class Cleaner:
                     return {"reason": f"overlap with {hit.eval_set}", "part": part,
                             "method": f"word {hit.n}-gram overlap", "threshold": self.options.min_overlap,
                             "evidence": hit.as_dict()}
+        if self.embeddings is not None:
+            for part in ("question", "trace", "answer"):
+                near = self.embeddings.find(parts[part])
+                if near is not None:
+                    return {"reason": f"similar to {near.eval_set}", "part": part,
+                            "method": f"embedding cosine ({self.embeddings.name}, mean-pooled)",
+                            "threshold": self.options.embedding_threshold, "evidence": near.as_dict()}
         hits = {part: seen.check(example_id, parts[part]) for part, seen in self.seen.items()} if self.seen else {}
         for part, hit in hits.items():
             if hit is not None:
@@ -215,7 +232,8 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
     if bad:
         raise ExportError(f"--dedup: unknown part {bad[0]!r} (expected {', '.join(DEDUP_PARTS)})")
     try:
-        cleaner = Cleaner(options) if options.decontaminate_against or options.dedup else None
+        cleaning = options.decontaminate_against or options.dedup or options.embedding_model
+        cleaner = Cleaner(options) if cleaning else None
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise ExportError(str(e)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
