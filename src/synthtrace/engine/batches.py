@@ -49,7 +49,6 @@ from synthtrace.types import (
     Struct,
 )
 
-BATCH_DISCOUNT = 0.5  # OpenAI and Anthropic charge half for batch requests
 NOT_FOUND_GRACE_S = 120.0  # a batch read right after its creation may answer 404 for a while
 LEDGER = "batches.db"
 # No money left: asking again cannot help (OpenAI's insufficient_quota 429, Anthropic's credit balance 400).
@@ -142,7 +141,7 @@ class _Waiting(Struct):
     __slots__ = ("key", "model", "req", "request", "future", "tries", "cut_retried")
 
     def __init__(self, key: str, model: str, req: ChatRequest, request: dict[str, Any],
-                 future: asyncio.Future[tuple[ChatResult, float, bool]]):
+                 future: asyncio.Future[tuple[ChatResult, float]]):
         self.key = key
         self.model = model
         self.req = req
@@ -152,7 +151,7 @@ class _Waiting(Struct):
         self.cut_retried = False
 
 
-# record(key, model, result, cost, request) journals one answer; online(key, model, req, request) asks it online
+# record(key, model, result, cost, request) journals one answer; online(waiting) asks it online and journals it
 Record = Callable[[str, str, ChatResult, float, dict[str, Any]], Awaitable[None]]
 Online = Callable[[_Waiting], Awaitable[tuple[ChatResult, float]]]
 
@@ -223,24 +222,27 @@ class Batcher:
         self.resume()
         if self.refused is not None:
             raise self.refused
-        fut: asyncio.Future[tuple[ChatResult, float, bool]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[ChatResult, float]] = asyncio.get_running_loop().create_future()
         w = _Waiting(key, model, req, request, fut)
         self.waiting[key] = w
         try:
             if key not in self.in_batch:  # else: submitted by an earlier run, its result is on its way
                 if self.past_deadline:
                     return await self._online(w)
-                self.pending.append(w)
-                self._last_arrival = time.monotonic()
-                if len(self.pending) >= self.max_items:
-                    self._flush()
-                elif self._flusher is None or self._flusher.done():
-                    self._flusher = asyncio.ensure_future(self._flush_when_quiet())
-            result, cost, _ = await fut
-            return result, cost
+                self._enqueue(w)
+            return await fut
         finally:
             if self.waiting.get(key) is w:
                 del self.waiting[key]
+
+    def _enqueue(self, w: _Waiting) -> None:
+        """Put `w` in the next batch: at once when that fills it, else once no call has come for the window."""
+        self.pending.append(w)
+        self._last_arrival = time.monotonic()
+        if len(self.pending) >= self.max_items:
+            self._flush()
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_when_quiet())
 
     async def _online(self, w: _Waiting) -> tuple[ChatResult, float]:
         self.stats.online += 1
@@ -285,7 +287,7 @@ class Batcher:
                 w.future.set_exception(e)
             return
         if not w.future.done():
-            w.future.set_result((result, cost, False))
+            w.future.set_result((result, cost))
 
     # -- one batch, from its upload to its last result ---------------------------------------------
 
@@ -377,7 +379,7 @@ class Batcher:
         for key, result, cost in answers:  # callers are looked up now: one may have come while the journal wrote
             w = self.waiting.get(key)
             if w is not None and not w.future.done():
-                w.future.set_result((result, cost, True))
+                w.future.set_result((result, cost))
         for key in by_key:
             if self.in_batch.get(key) == b["local_id"]:
                 del self.in_batch[key]
@@ -420,10 +422,7 @@ class Batcher:
                 tokens = int(w.req.params.get("max_tokens") or 1024) * 2
                 w.req = ChatRequest(w.req.model, w.req.messages, {**w.req.params, "max_tokens": tokens}, w.req.schema,
                                     w.req.schema_name)
-                self.pending.append(w)
-                self._last_arrival = time.monotonic()
-                if self._flusher is None or self._flusher.done():
-                    self._flusher = asyncio.ensure_future(self._flush_when_quiet())
+                self._enqueue(w)
                 return None
         cost = self.cost(model, result)
         await self.record(key, model, result, cost, request)

@@ -32,6 +32,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 _DATED = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-latest)$")
 
 
+# OpenAI and Anthropic charge half for batch requests (`engine.batches`).
+BATCH_DISCOUNT = 0.5
+
+
 class PriceTable:
     def __init__(self, overrides: dict[str, Price] | None = None):
         self._prices = {k: Price(input=i, output=o) for k, (i, o) in DEFAULT_PRICES.items()}

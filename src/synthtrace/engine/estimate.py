@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 
 from synthtrace.config import Config
-from synthtrace.engine.batches import BATCH_DISCOUNT
-from synthtrace.engine.cost import PriceTable
+from synthtrace.engine.cost import BATCH_DISCOUNT, PriceTable
 from synthtrace.engine.gateway import BATCH_KINDS
 from synthtrace.engine.settings import RunSettings
 from synthtrace.inputs import BadInput, Record

@@ -16,11 +16,11 @@ import asyncio
 import hashlib
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from synthtrace.config import Config
-from synthtrace.engine.cost import Budget, PriceTable
+from synthtrace.engine.cost import BATCH_DISCOUNT, Budget, PriceTable
 from synthtrace.engine.journal import Journal, request_key
 from synthtrace.engine.limiter import Limiter
 from synthtrace.engine.replicas import Replica, Replicas
@@ -146,7 +146,7 @@ class Gateway:
         return ep
 
     def _batcher(self, r: ResolvedModel) -> Batcher:
-        from synthtrace.engine.batches import BATCH_DISCOUNT, LEDGER, Batcher, BatchLedger
+        from synthtrace.engine.batches import LEDGER, Batcher, BatchLedger
         from synthtrace.llm.batches import BATCH_APIS
 
         if self._ledger is None:
@@ -170,9 +170,7 @@ class Gateway:
             u = result.usage
             return self.prices.cost(model, u.prompt_tokens, u.completion_tokens) * BATCH_DISCOUNT
 
-        import dataclasses
-
-        stored = dataclasses.asdict(e)  # for `synthtrace batch status|cancel`: the endpoint, without secrets
+        stored = asdict(e)  # for `synthtrace batch status|cancel`: the endpoint, without secrets
         if stored.get("proxy") and "@" in str(stored["proxy"]):
             stored["proxy"] = None  # a proxy URL with credentials: those commands use HTTPS_PROXY & co.
         return Batcher(name, api, self._ledger, endpoint_config=stored, record=record, online=online, cost=cost,
@@ -195,7 +193,8 @@ class Gateway:
         return out
 
     def notices(self) -> list[str]:
-        """What happened to replicas since the last call (taken out, back in service), to be said."""
+        """What happened since the last call, to be said: replicas taken out or back in service, batches
+        submitted, adopted, cancelled."""
         said, self._notices[:] = list(self._notices), []
         for ep in self._endpoints.values():
             said += ep.replicas.notices
@@ -330,8 +329,6 @@ class Gateway:
     async def _batched(self, batcher: Batcher, key: str, r: ResolvedModel, messages: list[Message],
                        params: dict[str, Any], spec: SchemaSpec | None, request: dict[str, Any]
                        ) -> tuple[ChatResult, float, int]:
-        from synthtrace.engine.batches import BATCH_DISCOUNT
-
         estimate, _, _ = await self._reserve(r, messages, params, False, BATCH_DISCOUNT)
         req = ChatRequest(r.model, messages, params, spec.schema if spec else None, spec.name if spec else "response")
         try:
