@@ -135,3 +135,27 @@ def test_multi_line_and_backslash_corrections_round_trip_through_submission_txt(
     assert p.altered
     assert E.Prediction(1, 3, "...").correction is None and E.submission_line("x", E.Prediction(1, 3, "...")) == \
         "x 1 3 NA"
+
+
+def read_back(line: str) -> str:
+    """The correction of one submission line as the official scorer reads it."""
+    assert OFFICIAL_LINE.fullmatch(line) and "\n" not in line
+    return " ".join(re.sub(r"\s+", line, " ").split()[3:]).strip('"')
+
+
+def test_a_correction_of_several_paragraphs_is_read_back_whole():
+    fix = "3%\n\nPatient is diagnosed with erythroblastosis fetalis."  # as ms-test-171's reference is
+    found, sentence, parsed = parse_verdict(render_verdict(True, 5, fix) + "\n\nA remark after the answer.")
+    assert (found, sentence) == (True, 5)
+    assert read_back(E.submission_line("ms-test-171", E.Prediction(1, 5, parsed))) == \
+        "3% Patient is diagnosed with erythroblastosis fetalis."
+
+
+@needs_test_set
+def test_every_multi_line_reference_of_the_test_set_survives_render_parse_and_submission():
+    refs = [r for r in E.read_references(TEST_SET) if r.corrected_sentence and "\n" in r.corrected_sentence.strip()]
+    assert any(r.text_id == "ms-test-171" for r in refs)
+    for ref in refs:
+        _, _, parsed = parse_verdict(render_verdict(True, ref.error_sentence_id, ref.corrected_sentence))
+        line = E.submission_line(ref.text_id, E.Prediction(1, ref.error_sentence_id, parsed))
+        assert read_back(line) == " ".join(ref.corrected_sentence.split()), ref.text_id

@@ -113,7 +113,8 @@ def test_every_replica_unreachable_stops_the_run_at_once(tmp_path, write_jsonl, 
     urls = [f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/v1"]
     result = synthtrace.run("completions", inp, tmp_path / "run", base_url=urls, model="fake", quiet=True)
     assert result.status == "error"
-    assert any("endpoint 'cli': none of its 2 servers answers: nothing listens there" in m for m in result.messages)
+    assert any("endpoint 'cli': none of its 2 servers answers: nothing listens there" in m
+               for m in result.messages), result.messages
     assert read_jsonl(tmp_path / "run" / "rows.jsonl") == [] and read_jsonl(tmp_path / "run" / "rejected.jsonl") == []
 
 

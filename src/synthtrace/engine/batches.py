@@ -14,9 +14,10 @@ cut off before its id was written is found at the provider (`find`) and adopted.
 request is in such a batch waits for it; results no caller is waiting for yet are journaled for
 the caller to come.
 
-Finishing: items that errored on the provider's side, expired, were cancelled or are missing from
-a results file cut short are sent again — in a new batch, or online (`batch_retry: online`) — up
-to `limits.max_retries` times; an item the provider refuses as a bad request fails its call with
+Results are believed only whole (`_results`): a download cut short is downloaded again, never
+paid again. Finishing: items that errored on the provider's side, expired, were cancelled or are
+absent from the whole results are sent again — in a new batch, or online (`batch_retry: online`) —
+up to `limits.max_retries` times; an item the provider refuses as a bad request fails its call with
 the provider's message. Past the run's `--batch-deadline`, batches still running are cancelled,
 what they answered is read, and everything else goes online. An answer cut by `max_tokens` is
 kept and counted; with `--batch-retry-length` it is asked again, once, with twice the tokens.
@@ -197,6 +198,7 @@ class Batcher:
         self.pending: list[_Waiting] = []  # not yet in a batch
         self.in_batch: dict[str, str] = {}  # key → local id of the unfinished batch that holds it
         self.refused: EndpointRefused | None = None
+        self.broken: dict[str, BaseException] = {}  # local id → why that batch could not finish in this run
         self._last_arrival = 0.0
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -226,7 +228,10 @@ class Batcher:
         w = _Waiting(key, model, req, request, fut)
         self.waiting[key] = w
         try:
-            if key not in self.in_batch:  # else: submitted by an earlier run, its result is on its way
+            held = self.in_batch.get(key)
+            if held in self.broken:
+                raise self.broken[held]
+            if held is None:  # else: submitted earlier, its result is on its way
                 if self.past_deadline:
                     return await self._online(w)
                 self._enqueue(w)
@@ -314,15 +319,16 @@ class Batcher:
             elif resumed:
                 self.say(f"batch {b['batch_id']} ({len(lines):,} requests), submitted earlier: reading it")
             status = await self._poll(b)
-            items = await self._step(lambda: self.api.results(status)) if status.sources else []
+            items = await self._results(b, status)
             await self._collect(b, rows, items, status)
         except EndpointRefused as e:
             self.refused = e
-            self._fail(rows, e)
+            self._fail(local_id, rows, e)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a batch that cannot go on: its callers are told why
-            self._fail(rows, e if isinstance(e, LLMError) else RetryableError(f"{self.name}: batch {local_id}: {e}"))
+            self._fail(local_id, rows,
+                       e if isinstance(e, LLMError) else RetryableError(f"{self.name}: batch {local_id}: {e}"))
 
     async def _step(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """One API call, retried on what retrying can mend; a refused key stops the run."""
@@ -363,6 +369,50 @@ class Batcher:
                 await self._step(lambda: self.api.cancel(b["batch_id"]))
             await asyncio.sleep(self.poll_s)
 
+    async def _results(self, b: dict[str, Any], status: Any) -> list[BatchItem]:
+        """Every result of an ended batch, read from whole files.
+
+        A download that breaks off, stops mid-line or holds a line that does not parse is downloaded
+        again, and so are all of the batch's files while together they hold fewer results than the
+        batch counts: downloads are free, asking again is not. After `max_retries` downloads again
+        (with backoff), files that came back the same twice are the provider's own: what they hold is
+        believed and what they lack is asked again. Otherwise the batch stays on record unread, for
+        the next run of the same command to read, and its callers are told so.
+        """
+        urls = self.api.result_urls(status)
+        expected = self.api.expected_results(status)
+        got: dict[str, tuple[bytes, list[BatchItem], str]] = {}  # url → its last download, items, problem
+        same: dict[str, bool] = {}  # url → its last two downloads were byte for byte the same
+        short = False
+        for attempt in itertools.count():
+            for url in urls:
+                if url in got and not got[url][2] and not short:
+                    continue  # whole already
+                data = await self._step(lambda: self.api.download(url))  # noqa: B023 - awaited at once
+                same[url] = url in got and got[url][0] == data
+                got[url] = (data, *self.api.read_results(data))
+            items = [item for _, found, _ in got.values() for item in found]
+            problems = [f"{url.rsplit('/', 2)[-2]}: {problem}" for url, (_, _, problem) in got.items() if problem]
+            short = not problems and len(items) < expected
+            if short:
+                problems.append(f"{len(items):,} results where the batch counts {expected:,}")
+            if not problems:
+                return items
+            what = "; ".join(problems)
+            if attempt >= self.max_retries:
+                suspect = urls if short else [url for url in urls if got[url][2]]
+                if all(same[url] for url in suspect):
+                    self.say(f"batch {b['batch_id']}: its results stay incomplete after {attempt + 1} downloads "
+                             f"({what}): what they hold is kept, the rest is asked again")
+                    return items
+                raise RetryableError(f"{self.name}: batch {b['batch_id']}: its results did not come whole in "
+                                     f"{attempt + 1} downloads ({what}); the next run of the same command "
+                                     "reads them again")
+            if attempt == 0:
+                self.say(f"batch {b['batch_id']}: results not whole ({what}): downloading them again")
+            await asyncio.sleep(min(30.0, min(self.poll_s, 1.0) * 2 ** attempt))
+        raise AssertionError("unreachable")
+
     async def _collect(self, b: dict[str, Any], rows: list[tuple[str, str, bytes, bytes]], items: list[BatchItem],
                        status: Any) -> None:
         """Journal each answer, hand it to its caller; send again what did not come back."""
@@ -389,7 +439,7 @@ class Batcher:
             w = self.waiting.get(key)
             if item is not None and item.outcome == OK or w is None or w.future.done():
                 continue  # answered; or nobody waits (a later run asks it again, from the journal or anew)
-            why = status.problem or (item.error if item is not None else "missing from the batch's results")
+            why = status.problem or (item.error if item is not None else "absent from the batch's whole results")
             if item is not None and item.outcome == FATAL:
                 self.stats.failed += 1
                 w.future.set_exception(FatalError(f"{self.name}: batch item refused: {why}"))
@@ -429,7 +479,10 @@ class Batcher:
         self.stats.answered += 1
         return key, result, cost
 
-    def _fail(self, rows: list[tuple[str, str, bytes, bytes]], error: BaseException) -> None:
+    def _fail(self, local_id: str, rows: list[tuple[str, str, bytes, bytes]], error: BaseException) -> None:
+        """Tell the callers of batch `local_id` why it cannot finish; it stays on record for the next
+        run, and a call of this run that would wait for it is told the same at once."""
+        self.broken[local_id] = error
         for row in rows:
             w = self.waiting.get(row[0])
             if w is not None and not w.future.done():

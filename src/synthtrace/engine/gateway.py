@@ -77,22 +77,26 @@ class GatewayStats(Struct):
 class _Endpoint(Struct):
     """An endpoint's replicas (each a client with its limiter), and its health as the run sees it."""
 
-    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "last_failure", "stalled", "batcher")
+    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "answered_at", "last_failure", "stalled",
+                 "batcher")
 
     def __init__(self, name: str, replicas: Replicas):
         self.name = name
         self.replicas = replicas
         self.batcher: Batcher | None = None  # batch mode: calls go out as provider batches
         self.local = bool(getattr(replicas.all[0].client, "in_process", False))  # free, and seeded per sample
-        self.failing_since: float | None = None  # monotonic time of the first refusal since its last answer
+        self.failing_since: float | None = None  # when the first request refused since its last answer was sent
+        self.answered_at = 0.0  # monotonic time of its last answer
         self.last_failure = ""  # what it said last time it refused
         self.stalled = False  # the run has said it is stalled (and not yet that it recovered)
         self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
 
-    def refusing(self, e: BaseException) -> None:
-        """A 429 or a 5xx: the endpoint makes no progress until it answers again."""
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
+    def refusing(self, e: BaseException, sent: float) -> None:
+        """A 429 or a 5xx to a request sent at monotonic time `sent`: the endpoint has made no progress
+        since then (or since its last answer, if that came later), until it answers again."""
+        since = max(sent, self.answered_at)
+        if self.failing_since is None or since < self.failing_since:
+            self.failing_since = since
         self.last_failure = str(e)[:300]
 
 
@@ -207,6 +211,13 @@ class Gateway:
         now = time.monotonic()
         return [(ep.name, now - ep.failing_since, ep.last_failure) for ep in self._endpoints.values()
                 if ep.failing_since is not None and now - ep.failing_since >= window]
+
+    def next_stall_in(self, window: float) -> float | None:
+        """Seconds until the soonest endpoint now refusing would have done so for `window` (None: none is)."""
+        now = time.monotonic()
+        due = [ep.failing_since + window - now for ep in self._endpoints.values()
+               if ep.failing_since is not None and not ep.stalled]
+        return max(0.0, min(due)) if due else None
 
     def recovered(self) -> list[str]:
         """Endpoints marked stalled that have answered since; they are marked recovered."""
@@ -373,12 +384,13 @@ class Gateway:
                     rep = await replicas.acquire(tokens_est, first=errors + throttles > 0)
                 holding = False
                 limiter = rep.limiter
+                sent = time.monotonic()
                 try:
                     if ep.refused is not None:  # refused while this call waited for a slot
                         raise ep.refused
                     result = await rep.client.chat(req)
                 except RateLimited as e:
-                    ep.refusing(e)
+                    ep.refusing(e, sent)
                     limiter.release_throttled(e.retry_after)
                     throttles += 1
                     self.stats.throttled += 1
@@ -406,7 +418,7 @@ class Gateway:
                         where = f"none of its {len(replicas.all)} servers answers: " if replicas.several else ""
                         ep.refused = EndpointRefused(f"endpoint {ep.name!r}: {where}{_cause_text(e)}: {e}")
                         raise ep.refused from e
-                    ep.refusing(e)
+                    ep.refusing(e, sent)
                     rep.observe(True)
                     errors += 1
                     if errors > max_retries:
@@ -436,7 +448,7 @@ class Gateway:
                 limiter.release()
                 rep.observe(False)
                 replicas.answered(rep)
-                ep.failing_since = None
+                ep.failing_since, ep.answered_at = None, time.monotonic()
                 usage = result.usage
                 limiter.on_success(tokens_est, usage.total_tokens)
                 break

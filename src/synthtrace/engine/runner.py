@@ -229,7 +229,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         """Say when an endpoint answers nothing but refusals for the stall window; stop the run then if
         the policy says so (what was finished is kept; the rest waits for the next run)."""
         while True:
-            await asyncio.sleep(min(1.0, window / 4))
+            due = gateway.next_stall_in(window)  # wake when a stall is due, not a poll after it
+            await asyncio.sleep(min(1.0, window / 4) if due is None else min(1.0, window / 4, due))
             say_recovered(progress)
             for name, seconds, said in gateway.stalls(window):
                 since = time.strftime("%H:%M:%S", time.localtime(time.time() - seconds))

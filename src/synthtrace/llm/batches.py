@@ -51,24 +51,39 @@ class BatchStatus(Struct):
 
 
 class _BatchAPI:
-    """What both batch APIs share: reading results files line by line, and closing."""
+    """What both batch APIs share: downloading a results file and reading it line by line, and closing."""
 
     http: HTTPClient
 
-    def _result_urls(self, status: BatchStatus) -> list[str]:
+    def result_urls(self, status: BatchStatus) -> list[str]:
+        """Where the batch's results are (an ended batch's)."""
+        raise NotImplementedError
+
+    def expected_results(self, status: BatchStatus) -> int:
+        """How many results the batch's own counts say its files hold together."""
         raise NotImplementedError
 
     def _item(self, line: bytes) -> BatchItem | None:
         raise NotImplementedError
 
-    async def results(self, status: BatchStatus) -> list[BatchItem]:
+    async def download(self, url: str) -> bytes:
+        """One results file as it came (a transfer cut short of its Content-Length raises `Disconnected`)."""
+        return await self.http.send("GET", url)
+
+    def read_results(self, data: bytes) -> tuple[list[BatchItem], str]:
+        """The items of one downloaded results file, and why it is not whole ("" when it is): a file
+        that stops mid-line or holds a line that does not parse was cut on its way here."""
         items: list[BatchItem] = []
-        for url in self._result_urls(status):
-            for line in (await self.http.send("GET", url)).splitlines():
-                item = self._item(line)
-                if item is not None:
-                    items.append(item)
-        return items
+        problems = [] if not data or data.endswith(b"\n") else ["it ends mid-line"]
+        for n, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            item = self._item(line)
+            if item is None:
+                problems.append(f"line {n} does not parse")
+            else:
+                items.append(item)
+        return items, "; ".join(problems[:2])
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -136,15 +151,19 @@ class OpenAIBatches(_BatchAPI):
     async def cancel(self, batch_id: str) -> None:
         await self._json("POST", f"/batches/{batch_id}/cancel", b"", "application/json")
 
-    def _result_urls(self, status: BatchStatus) -> list[str]:
+    def result_urls(self, status: BatchStatus) -> list[str]:
         return [f"{self.base}/files/{file_id}/content" for file_id in status.sources]
+
+    def expected_results(self, status: BatchStatus) -> int:
+        # answers go to the output file, errored and expired items to the error file
+        return int(status.counts.get("completed") or 0) + int(status.counts.get("failed") or 0)
 
     def _item(self, line: bytes) -> BatchItem | None:
         try:
             entry = orjson.loads(line)
             cid = str(entry["custom_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return None  # a line cut short: its request counts as missing, and is asked again
+            return None  # a line cut short: the file is downloaded again
         response, error = entry.get("response"), entry.get("error")
         if error:
             return BatchItem(cid, RETRY, error=f"{error.get('code', 'error')}: {error.get('message', '')}")
@@ -209,8 +228,12 @@ class AnthropicBatches(_BatchAPI):
     async def cancel(self, batch_id: str) -> None:
         await self.http.send("POST", f"{self.base}/{batch_id}/cancel")
 
-    def _result_urls(self, status: BatchStatus) -> list[str]:
+    def result_urls(self, status: BatchStatus) -> list[str]:
         return list(status.sources)
+
+    def expected_results(self, status: BatchStatus) -> int:
+        # every item has a result line: succeeded, errored, canceled or expired
+        return sum(int(status.counts.get(k) or 0) for k in ("succeeded", "errored", "canceled", "expired"))
 
     def _item(self, line: bytes) -> BatchItem | None:
         try:

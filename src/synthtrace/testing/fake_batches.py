@@ -32,6 +32,7 @@ online requests. In tests::
     fp.batch_faults.complete_after_s = 0.2          # in progress for 200 ms, then answered
     fp.batch_faults.errored_ids = {"r3"}            # r3 errors the first time it is answered
     fp.batch_faults.truncate_outputs = 1            # the next batch's output is cut mid-line
+    fp.batch_faults.cut_first_download = "drop"     # every results file's first download breaks off
     ...  # point a batch client at fp.openai_base / fp.anthropic_base
     assert set(fp.batch_succeeded().values()) == {1}   # every custom_id answered exactly once
     assert fp.batch_creates() == 1 and fp.requests == []
@@ -106,6 +107,10 @@ class BatchFaults:
     done_before_cancel: float = 0.0  # fraction of items (the first ones) answered before a cancel lands
     not_found_reads: int = 0  # a new batch's first N GETs answer 404 (eventual consistency)
     truncate_outputs: int = 0  # the next N batches' output file / results are cut short (counts down)
+    # The first download of every output, error or results file breaks: "short" answers a complete HTTP
+    # response whose body stops mid-line; "drop" sends the whole Content-Length header, half the body,
+    # and closes the connection. Later downloads of the same file are whole.
+    cut_first_download: str = ""
     hold_s: dict[str, float] = field(default_factory=dict)  # "upload" | "create" | "poll" | "download" → s
     fail_create: int | None = None  # answer every create with this HTTP status (no batch is created)
     fail_create_message: str = "injected batch create failure"  # … and this message
@@ -200,6 +205,7 @@ class BatchStore:
         self.items: list[BatchItem] = []
         self.creates: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.downloads: collections.Counter[str] = collections.Counter()  # file or batch id → downloads served
         self._forced_used: set[tuple[str, str]] = set()  # (outcome, custom_id) already forced once
         # ids keep counting across `clear`, so an id from before a reset is unknown, never reused
         self._file_ids, self._batch_ids, self._req_ids = itertools.count(1), itertools.count(1), itertools.count(1)
@@ -211,6 +217,7 @@ class BatchStore:
             self.items.clear()
             self.creates.clear()
             self.calls.clear()
+            self.downloads.clear()
             self._forced_used.clear()
 
     # --- routing -------------------------------------------------------------------------------
@@ -231,12 +238,30 @@ class BatchStore:
     def _deliver(self, ex: _Exchange, make: Callable[[], Reply]) -> None:
         if ex.conn.closed:  # the client left during a hold
             return
+        cut = ""
         try:
             with self.lock:
-                status, data, content_type = make()
+                status, data, content_type, *rest = make()
+                cut = rest[0] if rest else ""
         except Exception as e:  # noqa: BLE001 - as in `handle`
             status, data, content_type = 500, orjson.dumps({"error": {"message": f"fake batch API: {e!r}"}}), JSON
-        ex.conn.reply(ex, status, data, content_type)
+        if cut == "short":  # a whole HTTP answer whose body stops in the middle of a line
+            data = data[:_mid_line(data)]
+        ex.conn.reply(ex, status, data, content_type, drop_after=_mid_line(data) if cut == "drop" else None)
+
+    def _download(self, name: str, make: Callable[[], Reply]) -> Callable[[], Reply]:
+        """`make` for a download of file or batch `name`; its first whole answer is cut when
+        `cut_first_download` says so (the cut mode rides along as a fourth item)."""
+
+        def download() -> Reply:
+            reply = make()
+            if reply[0] != 200 or not reply[1]:
+                return reply
+            self.downloads[name] += 1
+            cut = self.fp.batch_faults.cut_first_download
+            return (*reply, cut) if cut and self.downloads[name] == 1 else reply  # type: ignore[return-value]
+
+        return download
 
     def _route(self, ex: _Exchange, path: str) -> tuple[str | None, Callable[[], Reply]]:
         """(hold phase, a function making the answer) for this request. Creates happen here, on arrival."""
@@ -257,7 +282,7 @@ class BatchStore:
                 return "poll", lambda: self._poll(ANTHROPIC, rest[0])
             elif len(rest) == 2 and rest[1] == "results" and method == "GET":
                 self.calls["anthropic:download"] += 1
-                return "download", lambda: self._anthropic_results(rest[0])
+                return "download", self._download(rest[0], lambda: self._anthropic_results(rest[0]))
             elif len(rest) == 2 and rest[1] == "cancel" and method == "POST":
                 self.calls["anthropic:cancel"] += 1
                 return None, lambda: self._cancel(ANTHROPIC, rest[0])
@@ -273,7 +298,7 @@ class BatchStore:
                 return None, lambda: self._file_delete(rest[0])
             if len(rest) == 2 and rest[1] == "content" and method == "GET":
                 self.calls["openai:download"] += 1
-                return "download", lambda: self._file_content(rest[0])
+                return "download", self._download(rest[0], lambda: self._file_content(rest[0]))
         elif parts[:1] == ["batches"]:
             rest = parts[1:]
             if not rest and method == "POST":
@@ -692,6 +717,11 @@ class BatchAPI:
         calls = self.batch_calls()
         return calls["openai:download"] + calls["anthropic:download"]
 
+    def batch_downloads(self) -> collections.Counter[str]:
+        """File id (OpenAI) or batch id (Anthropic) → downloads of its results served whole or cut (not 404s)."""
+        with self._batch_store.lock:
+            return collections.Counter(self._batch_store.downloads)
+
     def batch_calls(self) -> collections.Counter[str]:
         """"<dialect>:<kind>" → calls to the batch routes; kind is upload, create, poll, list, cancel, download."""
         with self._batch_store.lock:
@@ -788,6 +818,12 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def _mid_line(data: bytes) -> int:
+    """Where to cut `data` so that it stops in the middle of a line (halfway through its last line)."""
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    return start + max(1, (len(data) - start) // 2) if data else 0
 
 
 def _const(reply: Reply) -> Callable[[], Reply]:

@@ -179,9 +179,14 @@ class _Connection(asyncio.Protocol):
 
     # answers
     def reply(self, ex: _Exchange, status: int, data: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
-        """Queue `ex`'s answer and send every answer that is now due, in request order."""
-        ex.out = _response(status, data, content_type, headers, close=not ex.keep_alive)
+              headers: dict[str, str] | None = None, drop_after: int | None = None) -> None:
+        """Queue `ex`'s answer and send every answer that is now due, in request order. `drop_after`:
+        send the headers (Content-Length promising all of `data`) and that many body bytes, then close."""
+        out = _response(status, data, content_type, headers, close=not ex.keep_alive)
+        if drop_after is not None:
+            out = out[:len(out) - len(data) + drop_after]
+            ex.keep_alive = False
+        ex.out = out
         waiting = self.waiting
         while waiting and waiting[0].out is not None:
             done = waiting.popleft()

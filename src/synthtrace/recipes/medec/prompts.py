@@ -116,9 +116,12 @@ ANSWER_FORMAT = (
 
 
 def render_verdict(error_found: bool, sentence_id: int, corrected: str | None) -> str:
+    """The answer in the format above. A blank line ends the correction when it is read back
+    (`parse_verdict`), so a correction of several paragraphs is written with single line breaks."""
     if not error_found:
         return "Verdict: CORRECT\nError sentence: -1\nCorrection: NA"
-    return f"Verdict: ERROR\nError sentence: {sentence_id}\nCorrection: {corrected or 'NA'}"
+    fix = _BLANK_LINES.sub("\n", (corrected or "").strip()) or "NA"
+    return f"Verdict: ERROR\nError sentence: {sentence_id}\nCorrection: {fix}"
 
 
 # A label's end: "Verdict:", "**Verdict:**", "**Verdict**:", "Verdict - " (a dash needs spaces
@@ -129,6 +132,7 @@ _SENTENCE = re.compile(rf"error\s+sentence(?:\s+(?:id|number))?{_END}(-?\d+)", r
 # The correction runs to the end of the answer, or to a blank line: some span several lines.
 _CORRECTION = re.compile(rf"correct(?:ion|ed\s+sentence){_END}(.+?)(?:\n\s*\n|\Z)", re.IGNORECASE | re.DOTALL)
 _NO_CORRECTION = {"", "na", "n/a", "none"}
+_BLANK_LINES = re.compile(r"\n\s*\n")
 
 
 def parse_verdict(text: str) -> tuple[bool, int, str | None] | None:
