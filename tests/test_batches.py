@@ -288,7 +288,7 @@ def test_a_cut_download_is_read_again_and_never_paid_again(kind, cut, fp, cli, t
     inp = write_jsonl(prompts(n))
     f = fp.batch_faults
     f.errored, f.expired, f.not_found_reads = 0.05, 0.02, 2
-    f.cut_first_download = cut  # a body that stops mid-line, or a connection dropped mid-body
+    f.cut_downloads = cut  # a body that stops mid-line, or a connection dropped mid-body
     done = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config",
                batch_config(tmp_path / "b.yaml", fp, kind), "-q")
     assert done.exit_code == 0, done.output
@@ -309,7 +309,7 @@ def test_kill_9_during_a_cut_download_then_the_same_command_pays_nothing_twice(k
     with FakeProvider() as fp:
         cfg = batch_config(tmp_path / "cfg.yaml", fp, kind)
         f = fp.batch_faults
-        f.errored, f.expired, f.not_found_reads, f.cut_first_download = 0.05, 0.02, 2, cut
+        f.errored, f.expired, f.not_found_reads, f.cut_downloads = 0.05, 0.02, 2, cut
         f.hold_s = {"download": 30.0}  # the kill lands while the first results are on their way
         cmd = cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg, "-q")
         env = subprocess_env(KEYS)
@@ -322,3 +322,21 @@ def test_kill_9_during_a_cut_download_then_the_same_command_pays_nothing_twice(k
         assert again.returncode == 0, again.stdout + again.stderr
         assert_paid_once(fp, out, n)
         assert all(times >= 2 for times in fp.batch_downloads().values())
+
+
+def test_results_that_never_come_whole_are_left_for_the_next_run_not_asked_again(fp, cli, tmp_path, write_jsonl):
+    n = 30
+    inp = write_jsonl(prompts(n))
+    cfg = batch_config(tmp_path / "b.yaml", fp)
+    fp.batch_faults.cut_downloads, fp.batch_faults.cut_downloads_per_file = "drop", 1000  # every download breaks
+    first = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg, "-q")
+    assert first.exit_code == 0, first.output
+    rejected = read_jsonl(tmp_path / "run" / "rejected.jsonl")
+    assert len(rejected) == n and all("the next run of the same command reads them again" in e["reason"]
+                                      for e in rejected)
+    assert len(fp.batch_items) == n  # nothing was submitted again
+    fp.batch_faults.cut_downloads = ""
+    again = cli("run", "completions", "-i", inp, "-o", tmp_path / "run", "--config", cfg, "-q")
+    assert again.exit_code == 0, again.output
+    assert_paid_once(fp, tmp_path / "run", n)
+    assert submitted_once(fp)

@@ -374,25 +374,32 @@ class Batcher:
 
         A download that breaks off, stops mid-line or holds a line that does not parse is downloaded
         again, and so are all of the batch's files while together they hold fewer results than the
-        batch counts: downloads are free, asking again is not. After `max_retries` downloads again
-        (with backoff), files that came back the same twice are the provider's own: what they hold is
-        believed and what they lack is asked again. Otherwise the batch stays on record unread, for
-        the next run of the same command to read, and its callers are told so.
+        batch counts (its status is read again then too): downloads are free, asking again is not.
+        After `max_retries` downloads again (with backoff), files that came back the same twice are
+        the provider's own: what they hold is believed and what they lack is asked again. Otherwise
+        the batch stays on record unread, for the next run of the same command to read, and its
+        callers are told so.
         """
-        urls = self.api.result_urls(status)
-        expected = self.api.expected_results(status)
         got: dict[str, tuple[bytes, list[BatchItem], str]] = {}  # url → its last download, items, problem
         same: dict[str, bool] = {}  # url → its last two downloads were byte for byte the same
         short = False
         for attempt in itertools.count():
+            if short:
+                status = await self._step(lambda: self.api.status(b["batch_id"]))
+            urls = self.api.result_urls(status)
             for url in urls:
                 if url in got and not got[url][2] and not short:
                     continue  # whole already
-                data = await self._step(lambda: self.api.download(url))  # noqa: B023 - awaited at once
+                try:
+                    data = await self._step(lambda: self.api.download(url))  # noqa: B023 - awaited at once
+                except RetryableError as e:
+                    raise RetryableError(f"{self.name}: batch {b['batch_id']}: its results could not be downloaded "
+                                         f"({e}); the next run of the same command reads them again") from e
                 same[url] = url in got and got[url][0] == data
                 got[url] = (data, *self.api.read_results(data))
-            items = [item for _, found, _ in got.values() for item in found]
-            problems = [f"{url.rsplit('/', 2)[-2]}: {problem}" for url, (_, _, problem) in got.items() if problem]
+            items = [item for url in urls for item in got[url][1]]
+            problems = [f"{url.rsplit('/', 2)[-2]}: {got[url][2]}" for url in urls if got[url][2]]
+            expected = self.api.expected_results(status)
             short = not problems and len(items) < expected
             if short:
                 problems.append(f"{len(items):,} results where the batch counts {expected:,}")
@@ -401,7 +408,7 @@ class Batcher:
             what = "; ".join(problems)
             if attempt >= self.max_retries:
                 suspect = urls if short else [url for url in urls if got[url][2]]
-                if all(same[url] for url in suspect):
+                if suspect and all(same[url] for url in suspect):
                     self.say(f"batch {b['batch_id']}: its results stay incomplete after {attempt + 1} downloads "
                              f"({what}): what they hold is kept, the rest is asked again")
                     return items

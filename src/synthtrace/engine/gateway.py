@@ -77,8 +77,8 @@ class GatewayStats(Struct):
 class _Endpoint(Struct):
     """An endpoint's replicas (each a client with its limiter), and its health as the run sees it."""
 
-    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "answered_at", "last_failure", "stalled",
-                 "batcher")
+    __slots__ = ("name", "replicas", "refused", "local", "failing_since", "opened", "answered_at", "last_failure",
+                 "stalled", "batcher")
 
     def __init__(self, name: str, replicas: Replicas):
         self.name = name
@@ -86,15 +86,17 @@ class _Endpoint(Struct):
         self.batcher: Batcher | None = None  # batch mode: calls go out as provider batches
         self.local = bool(getattr(replicas.all[0].client, "in_process", False))  # free, and seeded per sample
         self.failing_since: float | None = None  # when the first request refused since its last answer was sent
-        self.answered_at = 0.0  # monotonic time of its last answer
+        self.opened = time.monotonic()  # when the run first needed it
+        self.answered_at: float | None = None  # monotonic time of its last answer
         self.last_failure = ""  # what it said last time it refused
         self.stalled = False  # the run has said it is stalled (and not yet that it recovered)
         self.refused: EndpointRefused | None = None  # a refusal of the whole run (bad key): nothing more is sent
 
     def refusing(self, e: BaseException, sent: float) -> None:
         """A 429 or a 5xx to a request sent at monotonic time `sent`: the endpoint has made no progress
-        since then (or since its last answer, if that came later), until it answers again."""
-        since = max(sent, self.answered_at)
+        since then (or since its last answer, if that came later; since the run opened it, if it has
+        never answered), until it answers again."""
+        since = self.opened if self.answered_at is None else max(sent, self.answered_at)
         if self.failing_since is None or since < self.failing_since:
             self.failing_since = since
         self.last_failure = str(e)[:300]

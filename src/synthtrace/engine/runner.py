@@ -99,31 +99,32 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         result.messages.append(f"repaired {store.rows_path}: cut a torn last line ({store.repaired_bytes} bytes)")
     for n in store.unreadable_lines[:5]:
         result.messages.append(f"{store.rows_path}:{n}: unreadable row kept as is (its record will be redone)")
-    manifest = _manifest(recipe, settings, config, gateway, "running")
-    store.write_manifest(manifest)
     shard = parse_shard(settings.shard) if settings.shard else None
     total = recipe.count(settings.input) if shard is None else None  # a shard's size is known only once read
     if settings.max_records is not None and total is not None:
         total = min(total, settings.max_records)
-    started = time.monotonic()
-    limits = config.limits
-    # Two workers per request slot (plus a few): a worker whose answer is being journaled and whose rows
-    # are being written holds no slot, and a freed slot must not wait for a free worker.
-    slots = settings.concurrency or limits.concurrency
-    try:
-        slots = max(slots, gateway.slots(settings.model))  # over all the replicas of the model's endpoint
-    except Exception:  # a model no endpoint serves (or no key): its first call says so, with the record
-        pass
-    workers = 2 * slots + 8
-    queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
-    stop = asyncio.Event()
-
-    said: Counter[str] = Counter()  # rejection reasons printed, numbers taken out
     contamination = None
     if settings.decontaminate_against:
         from synthtrace.quality.contamination import ContaminationIndex
 
         contamination = ContaminationIndex.build(settings.decontaminate_against)
+    limits = config.limits
+    # Two workers per request slot (plus a few): a worker whose answer is being journaled and whose rows
+    # are being written holds no slot, and a freed slot must not wait for a free worker. Asking for
+    # the slots opens the model's endpoint: the run waits on it from here (its stall clock starts).
+    slots = settings.concurrency or limits.concurrency
+    try:
+        slots = max(slots, gateway.slots(settings.model))  # over all the replicas of the model's endpoint
+    except Exception:  # a model no endpoint serves (or no key): its first call says so, with the record
+        pass
+    manifest = _manifest(recipe, settings, config, gateway, "running")
+    store.write_manifest(manifest)
+    started = time.monotonic()
+    workers = 2 * slots + 8
+    queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=workers * 2)
+    stop = asyncio.Event()
+
+    said: Counter[str] = Counter()  # rejection reasons printed, numbers taken out
 
     def reject(entry: dict[str, Any], message: str | None = None) -> None:
         store.reject(entry)
@@ -230,6 +231,8 @@ async def run_recipe(recipe: Recipe, settings: RunSettings, config: Config,
         the policy says so (what was finished is kept; the rest waits for the next run)."""
         while True:
             due = gateway.next_stall_in(window)  # wake when a stall is due, not a poll after it
+            if due is not None:
+                console.real  # noqa: B018 - an endpoint refuses: make the console now, not when the stall is said
             await asyncio.sleep(min(1.0, window / 4) if due is None else min(1.0, window / 4, due))
             say_recovered(progress)
             for name, seconds, said in gateway.stalls(window):

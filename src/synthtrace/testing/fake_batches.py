@@ -32,7 +32,7 @@ online requests. In tests::
     fp.batch_faults.complete_after_s = 0.2          # in progress for 200 ms, then answered
     fp.batch_faults.errored_ids = {"r3"}            # r3 errors the first time it is answered
     fp.batch_faults.truncate_outputs = 1            # the next batch's output is cut mid-line
-    fp.batch_faults.cut_first_download = "drop"     # every results file's first download breaks off
+    fp.batch_faults.cut_downloads = "drop"          # every results file's first download breaks off
     ...  # point a batch client at fp.openai_base / fp.anthropic_base
     assert set(fp.batch_succeeded().values()) == {1}   # every custom_id answered exactly once
     assert fp.batch_creates() == 1 and fp.requests == []
@@ -107,10 +107,11 @@ class BatchFaults:
     done_before_cancel: float = 0.0  # fraction of items (the first ones) answered before a cancel lands
     not_found_reads: int = 0  # a new batch's first N GETs answer 404 (eventual consistency)
     truncate_outputs: int = 0  # the next N batches' output file / results are cut short (counts down)
-    # The first download of every output, error or results file breaks: "short" answers a complete HTTP
-    # response whose body stops mid-line; "drop" sends the whole Content-Length header, half the body,
-    # and closes the connection. Later downloads of the same file are whole.
-    cut_first_download: str = ""
+    # The first `cut_downloads_per_file` downloads of every output, error or results file break:
+    # "short" answers a complete HTTP response whose body stops mid-line; "drop" sends the whole
+    # Content-Length header, half the body, and closes the connection. Later downloads are whole.
+    cut_downloads: str = ""
+    cut_downloads_per_file: int = 1
     hold_s: dict[str, float] = field(default_factory=dict)  # "upload" | "create" | "poll" | "download" → s
     fail_create: int | None = None  # answer every create with this HTTP status (no batch is created)
     fail_create_message: str = "injected batch create failure"  # … and this message
@@ -250,16 +251,17 @@ class BatchStore:
         ex.conn.reply(ex, status, data, content_type, drop_after=_mid_line(data) if cut == "drop" else None)
 
     def _download(self, name: str, make: Callable[[], Reply]) -> Callable[[], Reply]:
-        """`make` for a download of file or batch `name`; its first whole answer is cut when
-        `cut_first_download` says so (the cut mode rides along as a fourth item)."""
+        """`make` for a download of file or batch `name`, cut as `cut_downloads` says (the cut mode
+        rides along as a fourth item)."""
 
         def download() -> Reply:
             reply = make()
             if reply[0] != 200 or not reply[1]:
                 return reply
             self.downloads[name] += 1
-            cut = self.fp.batch_faults.cut_first_download
-            return (*reply, cut) if cut and self.downloads[name] == 1 else reply  # type: ignore[return-value]
+            faults = self.fp.batch_faults
+            cut = faults.cut_downloads if self.downloads[name] <= faults.cut_downloads_per_file else ""
+            return (*reply, cut) if cut else reply  # type: ignore[return-value]
 
         return download
 
