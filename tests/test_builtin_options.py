@@ -5,17 +5,22 @@ records what the run used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from conftest import read_jsonl
 from test_science import script_stages
 
-from synthtrace.options import specs
+from synthtrace.cli import main as cli_main
+from synthtrace.export.sft import ExportOptions
+from synthtrace.options import build, parse_duration, specs
 from synthtrace.recipe import load_recipe
 from synthtrace.registry import BUILTIN_RECIPES
+from synthtrace.train.lora import TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDEC_SAMPLE = ROOT / "examples" / "medec" / "medec-ms-val-sample.csv"
@@ -106,3 +111,57 @@ def test_eval_medec_keeps_its_name_and_flags(fp, cli, tmp_path, config_file):
     assert result.exit_code == 0, result.output
     assert options_of(out) == {"max_tokens": 64, "temperature": 0.5, "explain_format": True}
     assert (out / "metrics.json").is_file() and len(read_jsonl(out / "rows.jsonl")) == 3
+
+
+def _command(*names: str) -> tuple[click.Command, click.Context]:
+    command, ctx = cli_main, click.Context(cli_main, info_name="synthtrace")
+    for name in names:
+        command = command.get_command(ctx, name)
+        ctx = click.Context(command, parent=ctx, info_name=name)
+    return command, ctx
+
+
+@pytest.mark.parametrize("names, cls", [(("export", "sft"), ExportOptions), (("train",), TrainOptions)])
+def test_export_and_train_flags_are_their_options_fields(cli, tmp_path, names, cls):
+    """Each field is a flag of its command, its default the dataclass's, shown in --help as it is."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    required = {"data": data, "base": "some/model", "output": tmp_path / "out"} if cls is TrainOptions else {}
+    args = (["--data", data, "--base", "some/model", "--output", tmp_path / "out"] if cls is TrainOptions
+            else [data, "--out", tmp_path / "sft.jsonl"])
+    command, ctx = _command(*names)
+    records = {p.name: p.get_help_record(ctx) for p in command.params if isinstance(p, click.Option)}
+    shown = cli(*names, "--help").output
+    for f in dataclasses.fields(cls):
+        assert f.name in records, f"{cls.__name__}.{f.name} has no flag"
+        flags, help_text = records[f.name]
+        assert flags.split(" ")[0].rstrip(",") in shown
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            assert "[required]" in help_text
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, bool):
+            assert ("[default: " in help_text) is default  # a switch shows its default when it is on
+        elif default in (None, []):
+            assert "[default:" not in help_text
+        else:
+            text = ",".join(default) if isinstance(default, tuple) else str(default)
+            assert f"[default: {text}" in help_text, (f.name, help_text)
+
+    # Given no flags, the command builds the dataclass's defaults.
+    given = command.make_context(names[-1], [str(a) for a in args], parent=ctx.parent).params
+    given = {k: v for k, v in given.items() if k not in ("run_path", "out")}
+    assert build(cls, given) == cls(**required)
+
+
+def test_one_duration_parser():
+    for text, seconds in [("90", 90), ("1.5", 1.5), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
+                          ("7d", 604800), ("1d 12h", 129600), ("2H", 7200), (45, 45), (None, None)]:
+        assert parse_duration(text) == seconds, text
+    with pytest.raises(ValueError) as e:
+        parse_duration("soon", "--older-than")
+    assert str(e.value) == ("--older-than: expected a duration such as 90s, 30m, 2h, 1h30m or 7d (or a number of "
+                            "seconds, e.g. 90), got 'soon'")
+    for bad in ("", "30m1h", "-5", "h", "1x"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)

@@ -26,23 +26,45 @@ _WHERE = {
     "Recipe": "synthtrace.recipe", "LLM": "synthtrace.recipe", "ChatExample": "synthtrace.recipe",
     "ViewFields": "synthtrace.recipe", "gather_parts": "synthtrace.recipe", "option": "synthtrace.options",
     "Record": "synthtrace.inputs", "BadInput": "synthtrace.inputs", "Reply": "synthtrace.types",
-    "Rejected": "synthtrace.types", "RecordOutcome": "synthtrace.types", "LLMError": "synthtrace.types",
-    "StructuredOutputError": "synthtrace.types", "RunStopped": "synthtrace.types", "run": "synthtrace.api",
+    "Rejected": "synthtrace.types", "RecordOutcome": "synthtrace.types", "run": "synthtrace.api",
     "arun": "synthtrace.api", "RunResult": "synthtrace.engine.runner", "Estimate": "synthtrace.engine.estimate",
+    # what can go wrong: in a recipe's calls (LLMError and its kinds, RunStopped and its kinds), and in
+    # run() / arun() before or instead of a run (a config, an option, a recipe reference, a recipe's bug, Ray)
+    "LLMError": "synthtrace.types", "RetryableError": "synthtrace.types", "FatalError": "synthtrace.types",
+    "StructuredOutputError": "synthtrace.types", "RunStopped": "synthtrace.types",
+    "BudgetExceeded": "synthtrace.types", "EndpointRefused": "synthtrace.types", "Stalled": "synthtrace.types",
+    "RecipeError": "synthtrace.types", "ConfigError": "synthtrace.config", "OptionError": "synthtrace.options",
+    "RecipeNotFound": "synthtrace.recipe", "RayUnavailable": "synthtrace.engine.ray_run",
 }
 
 __all__ = ["Recipe", "option", "Record", "BadInput", "LLM", "Reply", "Rejected", "RecordOutcome", "gather_parts",
-           "ChatExample", "ViewFields", "run", "arun", "RunResult", "Estimate", "LLMError", "StructuredOutputError",
-           "RunStopped"]
+           "ChatExample", "ViewFields", "run", "arun", "RunResult", "Estimate", "LLMError", "RetryableError",
+           "FatalError", "StructuredOutputError", "RunStopped", "BudgetExceeded", "EndpointRefused", "Stalled",
+           "RecipeError", "ConfigError", "OptionError", "RecipeNotFound", "RayUnavailable"]
 
 if TYPE_CHECKING:
     from synthtrace.api import arun, run
+    from synthtrace.config import ConfigError
     from synthtrace.engine.estimate import Estimate
+    from synthtrace.engine.ray_run import RayUnavailable
     from synthtrace.engine.runner import RunResult
     from synthtrace.inputs import BadInput, Record
-    from synthtrace.options import option
-    from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields, gather_parts
-    from synthtrace.types import LLMError, RecordOutcome, Rejected, Reply, RunStopped, StructuredOutputError
+    from synthtrace.options import OptionError, option
+    from synthtrace.recipe import LLM, ChatExample, Recipe, RecipeNotFound, ViewFields, gather_parts
+    from synthtrace.types import (
+        BudgetExceeded,
+        EndpointRefused,
+        FatalError,
+        LLMError,
+        RecipeError,
+        RecordOutcome,
+        Rejected,
+        Reply,
+        RetryableError,
+        RunStopped,
+        Stalled,
+        StructuredOutputError,
+    )
 
 
 def __getattr__(name: str) -> Any:

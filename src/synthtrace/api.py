@@ -3,23 +3,24 @@
     result = synthtrace.run("medec", "notes.csv", "runs/medec", model="gpt4o", max_usd=5)
     result = await synthtrace.arun(MyRecipe(samples=4), "in.jsonl", "runs/mine", base_url=URL, model="qwen")
 
-The keyword arguments are the options of `synthtrace run`, named like its flags: the run's
-(`base_url`, `model`, `concurrency`, `rpm`, `tpm`, `max_records`, `max_usd`, `dry_run`, `fresh`,
-`strict`, `quiet`, `config`) and, when the recipe is given by class or name, the recipe's own
-(`samples=4`), checked the same way. The CLI runs through `prepare` and `execute` too.
+The keyword arguments are the options of `synthtrace run`, named like its flags: the run's, each
+a typed parameter of `run` and `arun` (the fields of `RunSettings`), and, when the recipe is given
+by class or name, the recipe's own (`samples=4`), checked the same way. The CLI runs through
+`prepare` and `execute` too.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from synthtrace.config import Config, ConfigError, load_config, with_cli_endpoint
 from synthtrace.engine.settings import RunSettings, parse_duration
 from synthtrace.engine.shards import parse_shard, shard_dir
-from synthtrace.llm.providers import resolve_model
+from synthtrace.llm.providers import check_endpoints, resolve_model
 from synthtrace.options import OptionError, build, specs
 from synthtrace.recipe import Recipe, load_recipe
 
@@ -29,14 +30,24 @@ if TYPE_CHECKING:
     from synthtrace.engine.runner import RunResult
 
 
-def run(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
-        **run_options: Any) -> RunResult | Estimate:
+def run(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path, *,
+        config: str | Path | None = None, model: str | None = None, base_url: str | Sequence[str] = (),
+        concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
+        max_records: int | None = None, max_usd: float | None = None, dry_run: bool = False, fresh: bool = False,
+        strict: bool = False, quiet: bool = False, shard: str | None = None,
+        decontaminate_against: Sequence[str | Path] = (), batch: bool = False, batch_deadline: str | None = None,
+        batch_retry_length: bool = False, ray: str | None = None, ray_workers: int | None = None,
+        on_stall: Literal["wait", "stop"] | None = None, stall_after: float | None = None,
+        **recipe_options: Any) -> RunResult | Estimate:
     """Run `recipe` over `input` into the run directory `output`; re-running the same call resumes.
 
     `recipe` is an instance, a `Recipe` subclass, or what `synthtrace run` takes (a name,
     `package.module:Class`, `path/file.py[:Class]`); a class or a name gets its options from the
-    config's `recipes.NAME:`. Returns the `RunResult` (status, counts, cost, paths), or with
-    `dry_run=True` the `Estimate`. Inside a running event loop (a notebook) use `await arun(...)`.
+    config's `recipes.NAME:`, and from `recipe_options` (`samples=4`). The other keyword arguments
+    are `synthtrace run`'s flags (`RunSettings`): `base_url` takes one URL or several (replicas).
+    Returns the `RunResult` (status, counts, cost, paths), or with `dry_run=True` the `Estimate`
+    (a bug in the recipe raises `RecipeError` there). Inside a running event loop (a notebook) use
+    `await arun(...)`.
     """
     try:
         asyncio.get_running_loop()
@@ -45,7 +56,7 @@ def run(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Pa
     else:
         raise RuntimeError("synthtrace.run() was called inside a running event loop (a notebook?): "
                            "use `await synthtrace.arun(...)` there")
-    coro = arun(recipe, input, output, **run_options)
+    coro = arun(recipe, input, output, **_given(locals()), **recipe_options)
     try:
         import uvloop
     except ImportError:
@@ -53,11 +64,27 @@ def run(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Pa
     return uvloop.run(coro)
 
 
-async def arun(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
-               **run_options: Any) -> RunResult | Estimate:
+async def arun(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path, *,
+               config: str | Path | None = None, model: str | None = None, base_url: str | Sequence[str] = (),
+               concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
+               max_records: int | None = None, max_usd: float | None = None, dry_run: bool = False,
+               fresh: bool = False, strict: bool = False, quiet: bool = False, shard: str | None = None,
+               decontaminate_against: Sequence[str | Path] = (), batch: bool = False,
+               batch_deadline: str | None = None, batch_retry_length: bool = False, ray: str | None = None,
+               ray_workers: int | None = None, on_stall: Literal["wait", "stop"] | None = None,
+               stall_after: float | None = None, **recipe_options: Any) -> RunResult | Estimate:
     """`run`, for code already inside an event loop: `result = await synthtrace.arun(...)`."""
-    recipe, settings, config = prepare(recipe, input, output, run_options)
-    return await execute(recipe, settings, config)
+    recipe, settings, cfg = prepare(recipe, input, output, {**_given(locals()), **recipe_options})
+    return await execute(recipe, settings, cfg)
+
+
+def _given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The run options among a call's `values` (its locals) that are not at their defaults: what it was given."""
+    return {k: values[k] for k, default in _RUN_DEFAULTS.items() if values[k] is not default and values[k] != default}
+
+
+# run()'s keyword-only parameters, the run options, and their defaults (tests check they match RunSettings)
+_RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(run).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
 def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str | Path,
@@ -88,7 +115,7 @@ def prepare(recipe: Recipe | type[Recipe] | str, input: str | Path, output: str 
             check(settings)
         except ValueError as e:
             raise OptionError(str(e)) from None
-    config = with_cli_endpoint(load_config(settings.config), settings.base_url)
+    config = with_cli_endpoint(check_endpoints(load_config(settings.config)), settings.base_url)
     if isinstance(recipe, Recipe):
         if recipe_options:
             raise OptionError(f"run: unknown option {next(iter(recipe_options))!r} (run options: {', '.join(names)}; "

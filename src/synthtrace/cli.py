@@ -32,8 +32,6 @@ from click.core import ParameterSource
 
 from synthtrace.config import ConfigError, load_dotenv_file
 from synthtrace.console import LazyConsole, escape
-from synthtrace.export import FORMATS
-from synthtrace.train import LORA_TARGETS
 from synthtrace.version import __version__
 
 out = LazyConsole()
@@ -51,12 +49,51 @@ EXIT_STALLED = 4
 
 # Parameter types are stateless, so options share them (each click.Path looks its name up through
 # gettext when it is built).
-EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_PATH = click.Path(exists=True, path_type=Path)
-ANY_PATH = click.Path(path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class LazyGroup(click.Group):
+    """A group with commands built when they are named (or listed): a command whose flags come from an
+    options class imports that class's module then, not at every start-up."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, Callable[[], click.Command]] = {}
+
+    def lazy_command(self, name: str) -> Callable[[Callable[[], click.Command]], Callable[[], click.Command]]:
+        """Register the decorated function as the builder of command `name`."""
+        def register(make: Callable[[], click.Command]) -> Callable[[], click.Command]:
+            self.lazy[name] = make
+            return make
+        return register
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        make = self.lazy.get(name)
+        return make() if make is not None else super().get_command(ctx, name)
+
+
+def options_command(name: str, cls: type, action: Callable[..., None], help: str | None,
+                    head: tuple[click.Parameter, ...] = ()) -> click.Command:
+    """Command `name` whose flags are options class `cls`'s, after its own parameters `head`: it calls
+    `action(options, **head_values)` with the options built from the flags."""
+    from synthtrace.options import OptionError, build, specs
+
+    def callback(**values: Any) -> None:
+        own = {param.name: values.pop(param.name) for param in head if param.name}
+        try:
+            options = build(cls, values, where=name)
+        except OptionError as e:
+            raise click.UsageError(str(e)) from None
+        action(options, **own)
+
+    params = [*head, *(spec.click_option() for spec in specs(cls))]
+    return click.Command(name, params=params, callback=callback, help=help)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="synthtrace")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -170,10 +207,16 @@ def _run(cls: Any, run_values: dict[str, Any], explicit: dict[str, Any]) -> tupl
     except (ConfigError, OptionError) as e:
         raise click.UsageError(str(e)) from None
     if settings.dry_run:
-        _print_estimate(_run_async(api.execute(recipe, settings, config)))
+        from synthtrace.types import RecipeError
+
+        try:
+            estimate = _run_async(api.execute(recipe, settings, config))
+        except RecipeError as e:  # a bug in the recipe: say where, as a message, and exit 1
+            raise click.ClickException(str(e)) from None
+        _print_estimate(estimate)
         return None
     if resolved.is_local:
-        _announce_local(resolved.model, explicit=settings.model is not None, kind=resolved.endpoint.kind)
+        _announce_local(resolved.model, explicit=settings.model is not None, engine=resolved.engine)
     elif resolved.chosen_by_name:
         err.print(f"[cyan]model:[/cyan] {escape(resolved.model)} → {resolved.endpoint.kind} "
                   f"({escape(', '.join(resolved.endpoint.urls))}), chosen from its name (a config or --base-url "
@@ -206,9 +249,8 @@ def _run_async(coro: Any) -> Any:
         sys.exit(130)
 
 
-def _announce_local(model: str, explicit: bool, kind: str = "local") -> None:
+def _announce_local(model: str, explicit: bool, engine: str) -> None:
     if explicit:
-        engine = "in-process transformers" if kind == "hf" else "local llama.cpp"
         err.print(f"[cyan]model:[/cyan] {engine} ({escape(model)})", soft_wrap=True)
         return
     err.print(
@@ -310,24 +352,13 @@ def recipes_command() -> None:
 
 # -- eval -----------------------------------------------------------------------------------------
 
-class BenchmarkGroup(click.Group):
-    """`synthtrace eval NAME`: a benchmark is a recipe (its flags built like `run`'s) plus its scoring."""
-
-    benchmarks = {"medec": lambda: _medec_eval_command()}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self.benchmarks)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        make = self.benchmarks.get(name)
-        return make() if make is not None else None
-
-
-@main.group("eval", cls=BenchmarkGroup)
+# A benchmark is a recipe (its flags built like `run`'s) plus its scoring.
+@main.group("eval", cls=LazyGroup)
 def eval_group() -> None:
     """Evaluate a model on a benchmark, through the engine (re-run the same command to resume)."""
 
 
+@eval_group.lazy_command("medec")
 def _medec_eval_command() -> click.Command:
     """Error detection and correction on MEDEC notes (official CSV), scored as in MEDIQA-CORR 2024.
 
@@ -410,72 +441,31 @@ def _print_eval(m: dict[str, Any], output: Path) -> None:
 
 # -- export ---------------------------------------------------------------------------------------
 
-@main.group()
+@main.group(cls=LazyGroup)
 def export() -> None:
     """Turn a run directory into training files."""
 
 
-@export.command("sft")
-@click.argument("run_path", metavar="RUN", type=EXISTING_PATH)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="qwen3", show_default=True,
-              help="qwen3: think block in the assistant content; messages: reasoning in `reasoning_content`; "
-                   "chatml: one rendered `text` field.")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Training file (JSONL); validation goes beside it as NAME.val.jsonl.")
-@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of source notes held out for validation (0: no validation file).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
-@click.option("--include-unverified", is_flag=True, help="Keep rows that failed verification (verified: false).")
-@click.option("--include-hinted/--no-include-hinted", default=True, show_default=True,
-              help="Keep rows written with the reference given (hinted: true).")
-@click.option("--with-metadata/--no-metadata", default=True, show_default=True,
-              help="A `metadata` object per line (recipe, group, and what the recipe adds: ids, role, label…).")
-@click.option("--recipe", "recipe_ref", metavar="REF",
-              help="The recipe of the rows (a name, package.module:Class or file.py[:Class]), when the run's "
-                   "manifest cannot say (its recipe file moved).")
-@click.option("--decontaminate-against", "eval_sets", metavar="FILE", multiple=True, type=EXISTING_PATH,
-              help="Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): examples that share a word "
-                   "n-gram with one of its items go to NAME.removed.jsonl with the n-gram. Repeatable.")
-@click.option("--eval-field", "eval_fields", metavar="NAME", multiple=True,
-              help="A text field of the evaluation sets (default: detected). Repeatable.")
-@click.option("--ngram", default=13, show_default=True, type=click.IntRange(3, 50),
-              help="Words in a matching n-gram.")
-@click.option("--ngram-short", default=8, show_default=True, type=click.IntRange(3, 50),
-              help="… for evaluation items under twice --ngram words.")
-@click.option("--min-overlap", default=0.1, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of n-grams an example and an evaluation item have in common (of the smaller of the two) "
-                   "from which it is removed; 0: any shared n-gram.")
-@click.option("--embedding-model", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
-              help="Also remove examples whose embedding (a local model, e.g. a BGE or E5 directory) is within "
-                   "--embedding-threshold cosine of an evaluation item's. Needs synthtrace[train].")
-@click.option("--embedding-threshold", default=0.9, show_default=True, type=click.FloatRange(-1, 1))
-@click.option("--dedup", "dedup", multiple=True, type=click.Choice(["question", "trace", "answer", "example"]),
-              help="Drop near-duplicates of an earlier example in this part (MinHash LSH; the first is kept). "
-                   "Repeatable; needs synthtrace[clean].")
-@click.option("--dedup-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Jaccard similarity of word 5-gram shingles from which two texts are near-duplicates.")
-def export_sft_command(run_path: Path, fmt: str, out: Path, val_fraction: float, seed: int, include_unverified: bool,
-                       include_hinted: bool, with_metadata: bool, recipe_ref: str | None, eval_sets: tuple[Path, ...],
-                       eval_fields: tuple[str, ...], ngram: int, ngram_short: int, min_overlap: float,
-                       embedding_model: Path | None, embedding_threshold: float, dedup: tuple[str, ...],
-                       dedup_threshold: float) -> None:
+@export.lazy_command("sft")
+def _export_sft_command() -> click.Command:
     """Chat-format SFT files from RUN (a run directory or its rows.jsonl), split by source.
 
     Each row becomes an example through its recipe's `to_sft`.
     """
     from synthtrace.export.sft import ExportError, ExportOptions, export_sft
 
-    options = ExportOptions(format=fmt, val_fraction=val_fraction, seed=seed, include_unverified=include_unverified,
-                            include_hinted=include_hinted, with_metadata=with_metadata, recipe=recipe_ref,
-                            decontaminate_against=list(eval_sets), eval_fields=list(eval_fields), ngram=ngram,
-                            ngram_short=ngram_short, min_overlap=min_overlap, dedup=list(dedup),
-                            dedup_threshold=dedup_threshold, embedding_model=embedding_model,
-                            embedding_threshold=embedding_threshold)
-    try:
-        result = export_sft(run_path, out, options)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from None
-    _print_export(result)
+    def action(options: Any, run_path: Path, out: Path) -> None:
+        try:
+            result = export_sft(run_path, out, options)
+        except ExportError as e:
+            raise click.ClickException(str(e)) from None
+        _print_export(result)
+
+    # RUN and --out are where the export reads and writes, not options of the export.
+    head = (click.Argument(["run_path"], metavar="RUN", type=EXISTING_PATH),
+            click.Option(["--out", "-o", "out"], required=True, type=click.Path(dir_okay=False, path_type=Path),
+                         help="Training file (JSONL); validation goes beside it as NAME.val.jsonl."))
+    return options_command("sft", ExportOptions, action, inspect.getdoc(_export_sft_command), head)
 
 
 def _print_export(result: Any) -> None:
@@ -649,54 +639,23 @@ def report_command(run: Path, target: Path, sample: int, removed: tuple[Path, ..
 
 # -- train ----------------------------------------------------------------------------------------
 
-@main.command("train")
-@click.option("--data", required=True, type=EXISTING_FILE,
-              help="Training file from `synthtrace export sft` (qwen3, messages or chatml format).")
-@click.option("--base", required=True, help="Base model: a directory with weights and tokenizer (or a hub id).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Adapter, checkpoints and synthtrace-train.json go here; re-running resumes.")
-@click.option("--eval-data", type=EXISTING_FILE,
-              help="Validation file (e.g. NAME.val.jsonl): evaluation loss at every save and at the end.")
-@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (overrides --epochs).")
-@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Learning rate.")
-@click.option("--lora-r", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--lora-alpha", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lora-dropout", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--target-modules", default=",".join(LORA_TARGETS), show_default=True,
-              help="Comma-separated module names that get LoRA adapters.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1), help="Examples per device step.")
-@click.option("--grad-accum", default=8, show_default=True, type=click.IntRange(1), help="Gradient accumulation steps.")
-@click.option("--max-length", default=4096, show_default=True, type=click.IntRange(16),
-              help="Tokens per example; longer ones are cut (and counted in the summary).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--bf16", is_flag=True, help="Train in bfloat16 (needs a CUDA GPU that supports it); fp32 otherwise.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True,
-              help="Recompute activations in the backward pass: less memory, about a third slower.")
-@click.option("--logging-steps", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--save-steps", default=100, show_default=True, type=click.IntRange(1), help="Checkpoint every N steps.")
-@click.option("--save-total-limit", default=3, show_default=True, type=click.IntRange(1),
-              help="Checkpoints kept (older ones are deleted).")
-@click.option("--eval-steps", type=click.IntRange(1), help="Evaluate every N steps (default: --save-steps).")
-@click.option("--merge", is_flag=True, help="Also write the merged full weights + tokenizer to OUTPUT/merged (for vLLM).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from the newest checkpoint in OUTPUT; --no-resume deletes them and starts over.")
-def train_command(data: Path, base: str, output: Path, eval_data: Path | None, target_modules: str,
-                  **options: Any) -> None:
+@main.lazy_command("train")
+def _train_command() -> click.Command:
     """LoRA fine-tuning (TRL SFTTrainer + PEFT) on exported SFT data; loss on the assistant turn only."""
     from synthtrace.train.lora import TrainError, TrainOptions, train
     from synthtrace.train.sft import TrainDataError
 
-    modules = tuple(m.strip() for m in target_modules.split(",") if m.strip())
-    opts = TrainOptions(data=data, base=base, output=output, eval_data=eval_data, target_modules=modules, **options)
-    try:
-        result = train(opts)
-    except (TrainError, TrainDataError) as e:
-        raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted: run the same command again to resume from the last checkpoint[/yellow]")
-        sys.exit(130)
-    _print_train(result)
+    def action(options: Any) -> None:
+        try:
+            result = train(options)
+        except (TrainError, TrainDataError) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted: run the same command again to resume from the last checkpoint[/yellow]")
+            sys.exit(130)
+        _print_train(result)
+
+    return options_command("train", TrainOptions, action, inspect.getdoc(_train_command))
 
 
 def _print_train(result: Any) -> None:
@@ -757,22 +716,18 @@ def cache_stats(paths: tuple[Path, ...]) -> None:
 def cache_prune(path: Path, older_than: str | None, model: str | None, prune_all: bool) -> None:
     """Remove journal entries (later runs will pay for those calls again)."""
     from synthtrace.engine.journal import Journal
+    from synthtrace.options import parse_duration
 
     if not (older_than or model or prune_all):
         raise click.UsageError("say what to prune: --older-than AGE, --model ID or --all")
-    seconds = _parse_age(older_than) if older_than else None
+    try:
+        seconds = parse_duration(older_than, "--older-than")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     j = Journal(_journal_path(path))
     n = j.prune(seconds, model)
     j.close()
     out.print(f"removed {n:,} entries from {_journal_path(path)}")
-
-
-def _parse_age(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        return float(text[:-1]) * units[text[-1]]
-    except (KeyError, ValueError):
-        raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
 
 
 def entry_point() -> None:

@@ -101,7 +101,6 @@ def read_records(path: str | Path, build: Callable[[str, int, dict[str, Any]], R
 
 Build = Callable[[str, int, dict[str, Any]], "Record | BadInput"]
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
 

@@ -51,6 +51,18 @@ class LLM(Protocol):
         """A handle whose calls are also logged apart: one per example when a record makes several."""
         ...
 
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of the calls in `calls` so far (a fork's count in its parent too);
+        an answer replayed from the journal counts what it took when it was first asked."""
+        ...
+
+    @property
+    def cost_usd(self) -> float:
+        """USD of the calls in `calls` so far, at the run's prices (a fork's count in its parent too);
+        an answer replayed from the journal counts what it cost when it was first asked."""
+        ...
+
 
 @dataclass
 class ChatExample:

@@ -272,6 +272,26 @@ class Rejected(Exception):
         return cls(str(error), part=part, error=type(error).__name__)
 
 
+class RecipeError(Exception):
+    """A recipe's own code failed on a record with something that is neither a rejection nor a model
+    failure: a bug (TypeError, KeyError, AttributeError …). A dry run stops on it, since every record
+    would probably fail the same way; `error` (also the `__cause__`) is the original exception.
+
+        recipe 'shout' failed on record 'r1' (in.jsonl:1) in process, at shout.py:9: KeyError: 'prompt'
+    """
+
+    def __init__(self, recipe: str, record_id: str, source: str, line: int, stage: str, error: BaseException,
+                 where: str | None = None):
+        at = f", at {where}" if where else ""
+        super().__init__(f"recipe {recipe!r} failed on record {record_id!r} ({source}:{line}) in {stage}{at}: "
+                         f"{type(error).__name__}: {error}")
+        self.recipe = recipe
+        self.record_id = record_id
+        self.source = source
+        self.line = line
+        self.error = error
+
+
 class RecordOutcome(Struct):
     """What a recipe made of one record: the rows it keeps, and the parts it gave up on.
 

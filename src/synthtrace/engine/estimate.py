@@ -6,26 +6,35 @@ schema, its smallest valid value): each distinct request it sees counts as one c
 as prompt tokens (characters / 4) and its `max_tokens` (else 512) as completion tokens, priced for
 the model that call names. An empty answer fails most checks, so a recipe that retries until an
 answer passes shows its most expensive path: the figure is a ceiling, as a budget wants.
+
+A simulated record may end as a real one does (rows, `Rejected`, a model failure, `RunStopped`),
+or on what an empty answer makes the recipe's own parsing raise once it has one (`int("")`,
+`json.loads("")`, `text.split()[0]`). Anything else is a bug in the recipe, and the dry run stops
+on it with a `RecipeError` naming the record, rather than estimate a run whose records would fail.
 """
 
 from __future__ import annotations
 
+import inspect
+import traceback
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from synthtrace.config import Config
 from synthtrace.engine.cost import BATCH_DISCOUNT, PriceTable
-from synthtrace.engine.gateway import BATCH_KINDS
 from synthtrace.engine.settings import RunSettings
 from synthtrace.inputs import BadInput, Record
-from synthtrace.llm.providers import resolve_model
+from synthtrace.llm.providers import batch_api, resolve_model
 from synthtrace.recipe import Recipe
-from synthtrace.types import Message, Reply, Struct
+from synthtrace.types import LLMError, Message, RecipeError, Rejected, Reply, RunStopped, Struct
 
 DEFAULT_COMPLETION = 512
 MAX_CALLS_PER_RECORD = 1000  # a recipe that loops until an answer passes stops here
+# What parsing an empty answer raises: int(""), json.loads(""), a pydantic check, text.split()[0], a mean of nothing.
+EMPTY_ANSWER_ERRORS = (ValueError, IndexError, ZeroDivisionError)
 
 
 class Estimate(Struct):
@@ -60,13 +69,17 @@ class _Stop(Exception):
 
 
 class EstimateLLM:
-    """The `llm` of a dry run: records requests, sends nothing, answers emptily."""
+    """The `llm` of a dry run (a `synthtrace.LLM`): records requests, sends nothing, answers emptily.
+    Its replies cost nothing, so `tokens` is (0, 0) and `cost_usd` 0.0; `calls` lists them as a
+    `RecordLLM`'s does."""
 
     def __init__(self, parent: EstimateLLM | None = None):
         self.calls: list[dict[str, Any]] = []
+        self._parent = parent
         self._seen: set[bytes] = set() if parent is None else parent._seen
-        self._root = self if parent is None else parent._root
+        self._root: EstimateLLM = self if parent is None else parent._root
         self.requests: list[tuple[str | None, int, int]] = []  # (model, prompt tokens, completion tokens)
+        self.answered = 0  # replies handed to the recipe (on the root: by it and every fork)
 
     async def chat(self, messages: list[Message], *, model: str | None = None, schema: Any = None, sample: int = 0,
                    **params: Any) -> Reply:
@@ -78,11 +91,27 @@ class EstimateLLM:
                 raise _Stop
             prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
             root.requests.append((model, prompt, int(params.get("max_tokens") or DEFAULT_COMPLETION)))
-        return Reply("", None, placeholder(schema) if schema is not None else None, model or "", model or "",
-                     "", False, 0, 0, 0, 0.0, "stop")
+        reply = Reply("", None, placeholder(schema) if schema is not None else None, model or "", model or "",
+                      "", False, 0, 0, 0, 0.0, "stop")
+        self._log(reply.call_record())
+        root.answered += 1
+        return reply
+
+    def _log(self, call: dict[str, Any]) -> None:
+        self.calls.append(call)
+        if self._parent is not None:
+            self._parent._log(call)
 
     def fork(self) -> EstimateLLM:
         return EstimateLLM(parent=self)
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return sum(c["prompt_tokens"] for c in self.calls), sum(c["completion_tokens"] for c in self.calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c["cost_usd"] for c in self.calls)
 
 
 async def estimate_run(recipe: Recipe, settings: RunSettings, config: Config) -> Estimate:
@@ -98,7 +127,10 @@ async def estimate_run(recipe: Recipe, settings: RunSettings, config: Config) ->
             est.bad_input += 1
             continue
         est.records += 1
-        figures = recipe.estimate(item)
+        try:
+            figures = recipe.estimate(item)
+        except Exception as e:  # no model is involved: a bug
+            raise _recipe_error(recipe, item, "estimate", e) from e
         if figures is not None:
             calls, prompt, completion = figures
             _add(est, prices, default, calls, prompt, completion)
@@ -118,9 +150,27 @@ async def _simulate(recipe: Recipe, record: Record) -> list[tuple[str | None, in
     llm = EstimateLLM()
     try:
         await recipe.process(record, llm)
-    except Exception:  # an empty answer may well make the recipe give up: what it asked for still counts
+    except (Rejected, LLMError, RunStopped, _Stop):  # it gave up, as empty answers make most recipes do
         pass
+    except EMPTY_ANSWER_ERRORS as e:
+        if not llm.answered:  # raised before any answer came: the stand-in cannot have caused it
+            raise _recipe_error(recipe, record, "process", e) from e
+    except Exception as e:
+        raise _recipe_error(recipe, record, "process", e) from e
     return llm.requests
+
+
+def _recipe_error(recipe: Recipe, record: Record, stage: str, error: Exception) -> RecipeError:
+    """`error` as a RecipeError, located at the innermost line of the recipe's own file (else the innermost)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    try:
+        own = str(Path(inspect.getfile(type(recipe))).resolve())
+    except (TypeError, OSError):
+        own = ""
+    mine = [f for f in frames if f.filename and str(Path(f.filename).resolve()) == own]
+    at = (mine or frames)[-1] if frames else None
+    where = f"{at.filename}:{at.lineno}" if at is not None else None
+    return RecipeError(recipe.name, record.id, record.source, record.line, stage, error, where)
 
 
 def _add(est: Estimate, prices: PriceTable, r: Any, calls: int, prompt: int, completion: int) -> None:
@@ -130,7 +180,7 @@ def _add(est: Estimate, prices: PriceTable, r: Any, calls: int, prompt: int, com
     est.by_model[r.model] += calls
     cost = prices.cost(r.model, prompt, completion, local=r.is_local)
     est.cost_usd += cost
-    batchable = r.endpoint.kind in BATCH_KINDS  # what batch mode would cost (the other calls online, as they are)
+    batchable = batch_api(r.endpoint.kind) is not None  # what batch mode would cost (the rest online, as they are)
     est.batchable_calls += calls if batchable else 0
     est.batch_cost_usd = (est.batch_cost_usd or 0.0) + cost * (BATCH_DISCOUNT if batchable else 1.0)
     if not r.is_local and prices.lookup(r.model) is None:

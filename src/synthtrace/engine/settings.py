@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from synthtrace.options import option
+from synthtrace.options import parse_duration as _parse_duration
 
 
 @dataclass
@@ -74,15 +75,5 @@ class RunSettings:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """`90s`, `30m`, `2h`, `1h30m`, `1d` or a number of seconds, as seconds (None for None)."""
-    if text is None:
-        return None
-    import re
-
-    t = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", t)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([dhms])", "", t).strip():
-        raise ValueError(f"--batch-deadline: expected a duration such as 90s, 30m, 2h or 1h30m, got {text!r}")
-    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    """`--batch-deadline` as seconds (None for None): `synthtrace.options.parse_duration`, naming that flag."""
+    return _parse_duration(text, "--batch-deadline")

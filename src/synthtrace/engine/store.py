@@ -94,7 +94,6 @@ class RunStore:
         self.manifest_path = self.dir / MANIFEST
         self.journal_path = self.dir / JOURNAL
         self.rows_written = 0
-        self.rejected_written = 0
         self.resumed_records = 0
         self.repaired_bytes = 0
         self.unreadable_lines: list[int] = []
@@ -173,7 +172,6 @@ class RunStore:
 
     def reject(self, entry: dict[str, Any]) -> None:
         self._rejected.write(orjson.dumps(entry, default=str) + b"\n")
-        self.rejected_written += 1
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace manifest.json, atomically but without an fsync. rows.jsonl is not synced either (the

@@ -29,7 +29,7 @@ import orjson
 from synthtrace.engine.store import MANIFEST
 from synthtrace.export import FORMATS
 from synthtrace.inputs import BadInput, read_jsonl, record_id
-from synthtrace.options import OptionError
+from synthtrace.options import OptionError, option
 from synthtrace.recipe import ChatExample, Recipe, RecipeNotFound, load_recipe
 
 ROWS = "rows.jsonl"
@@ -37,6 +37,7 @@ ROWS = "rows.jsonl"
 RESERVED = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 THINK_TAGS = ("<think>", "</think>")
 MAX_BAD_LINES_KEPT = 20
+DEDUP_PARTS = ("question", "trace", "answer", "example")
 
 
 class ExportError(Exception):
@@ -45,25 +46,41 @@ class ExportError(Exception):
 
 @dataclass(slots=True)
 class ExportOptions:
-    format: str = "qwen3"
-    val_fraction: float = 0.1
-    seed: int = 0
-    include_unverified: bool = False
-    include_hinted: bool = True
-    with_metadata: bool = True
-    recipe: str | None = None  # the recipe of the run's rows, when its manifest cannot say (a moved file)
-    # Cleaning (`synthtrace.quality`): examples sharing a word n-gram with an item of these evaluation
-    # sets, and near-duplicates of an earlier example in these parts (question, trace, answer, example),
-    # go to NAME.removed.jsonl with their evidence instead of the training files.
-    decontaminate_against: list[Path] = field(default_factory=list)
-    eval_fields: list[str] = field(default_factory=list)  # the evaluation sets' text fields (default: detected)
-    ngram: int = 13
-    ngram_short: int = 8  # for evaluation items under 2 × ngram words
-    min_overlap: float = 0.1  # share of n-grams in common (of the smaller text) from which an example is removed
-    dedup: list[str] = field(default_factory=list)
-    dedup_threshold: float = 0.8
-    embedding_model: Path | None = None  # also remove examples this similar in meaning to an evaluation item
-    embedding_threshold: float = 0.9
+    """The options of `synthtrace export sft` (its flags come from these fields)."""
+
+    format: str = option("qwen3", "qwen3: think block in the assistant content; messages: reasoning in "
+                                  "`reasoning_content`; chatml: one rendered `text` field.", choices=FORMATS)
+    val_fraction: float = option(0.1, "Share of source notes held out for validation (0: no validation file).",
+                                 min=0, max=1, max_open=True)
+    seed: int = option(0, "Seed of the split.")
+    include_unverified: bool = option(False, "Keep rows that failed verification (verified: false).")
+    include_hinted: bool = option(True, "Keep rows written with the reference given (hinted: true).")
+    with_metadata: bool = option(True, "A `metadata` object per line (recipe, group, and what the recipe adds: "
+                                       "ids, role, label…).", flags=("--with-metadata/--no-metadata",))
+    recipe: str | None = option(None, "The recipe of the rows (a name, package.module:Class or file.py[:Class]), "
+                                      "when the run's manifest cannot say (its recipe file moved).", metavar="REF")
+    # Cleaning (`synthtrace.quality`): removed examples go to NAME.removed.jsonl with their evidence
+    # instead of the training files.
+    decontaminate_against: list[Path] = option(
+        [], "Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): examples that share a word n-gram "
+            "with one of its items go to NAME.removed.jsonl with the n-gram. Repeatable.",
+        exists=True, path="any", metavar="FILE")
+    eval_fields: list[str] = option([], "A text field of the evaluation sets (default: detected). Repeatable.",
+                                    flags=("--eval-field",), metavar="NAME")
+    ngram: int = option(13, "Words in a matching n-gram.", min=3, max=50)
+    ngram_short: int = option(8, "… for evaluation items under twice --ngram words.", min=3, max=50)
+    min_overlap: float = option(0.1, "Share of n-grams an example and an evaluation item have in common (of the "
+                                     "smaller of the two) from which it is removed; 0: any shared n-gram.",
+                                min=0, max=1)
+    embedding_model: Path | None = option(
+        None, "Also remove examples whose embedding (a local model, e.g. a BGE or E5 directory) is within "
+              "--embedding-threshold cosine of an evaluation item's. Needs synthtrace[train].",
+        exists=True, path="dir", metavar="DIR")
+    embedding_threshold: float = option(0.9, min=-1, max=1)
+    dedup: list[str] = option([], "Drop near-duplicates of an earlier example in this part (MinHash LSH; the first "
+                                  "is kept). Repeatable; needs synthtrace[clean].", choices=DEDUP_PARTS)
+    dedup_threshold: float = option(0.8, "Jaccard similarity of word 5-gram shingles from which two texts are "
+                                         "near-duplicates.", min=0, max=1, min_open=True)
 
 
 @dataclass(slots=True)
@@ -101,8 +118,6 @@ def removed_path_for(out: Path) -> Path:
     """`sft.jsonl` → `sft.removed.jsonl`, beside it: what cleaning took out, with the evidence."""
     return out.with_name(f"{out.stem}.removed{out.suffix}")
 
-
-DEDUP_PARTS = ("question", "trace", "answer", "example")
 
 
 class Cleaner:

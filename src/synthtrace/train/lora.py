@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from synthtrace.options import option
 from synthtrace.train import LORA_TARGETS
 from synthtrace.train.sft import Encoded, collate, encode, file_digest, load_examples
 
@@ -44,29 +45,37 @@ class TrainError(Exception):
 
 @dataclass(slots=True)
 class TrainOptions:
-    data: Path
-    base: str  # a model directory (or a hub id, where the hub is reachable)
-    output: Path
-    eval_data: Path | None = None
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    lr: float = 2e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    batch_size: int = 1
-    grad_accum: int = 8
-    max_length: int = 4096
-    seed: int = 0
-    bf16: bool = False
-    gradient_checkpointing: bool = True
-    logging_steps: int = 10
-    save_steps: int = 100
-    save_total_limit: int | None = 3
-    eval_steps: int | None = None  # default: save_steps
-    merge: bool = False
-    resume: bool = True
+    """The options of `synthtrace train` (its flags come from these fields)."""
+
+    data: Path = option(help="Training file from `synthtrace export sft` (qwen3, messages or chatml format).",
+                        exists=True)
+    base: str = option(help="Base model: a directory with weights and tokenizer (or a hub id).")
+    output: Path = option(help="Adapter, checkpoints and synthtrace-train.json go here; re-running resumes.",
+                          flags=("--output", "-o"), path="dir")
+    eval_data: Path | None = option(None, "Validation file (e.g. NAME.val.jsonl): evaluation loss at every save and "
+                                          "at the end.", exists=True)
+    epochs: float = option(1.0, min=0, min_open=True)
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs).", min=1)
+    lr: float = option(2e-4, "Learning rate.", min=0, min_open=True)
+    lora_r: int = option(16, min=1)
+    lora_alpha: int = option(32, min=1)
+    lora_dropout: float = option(0.05, min=0, max=1, max_open=True)
+    target_modules: tuple[str, ...] = option(DEFAULT_TARGETS, "Comma-separated module names that get LoRA adapters.",
+                                             sep=",")
+    batch_size: int = option(1, "Examples per device step.", min=1)
+    grad_accum: int = option(8, "Gradient accumulation steps.", min=1)
+    max_length: int = option(4096, "Tokens per example; longer ones are cut (and counted in the summary).", min=16)
+    seed: int = option(0)
+    bf16: bool = option(False, "Train in bfloat16 (needs a CUDA GPU that supports it); fp32 otherwise.")
+    gradient_checkpointing: bool = option(True, "Recompute activations in the backward pass: less memory, about a "
+                                                "third slower.")
+    logging_steps: int = option(10, min=1)
+    save_steps: int = option(100, "Checkpoint every N steps.", min=1)
+    save_total_limit: int | None = option(3, "Checkpoints kept (older ones are deleted).", min=1)
+    eval_steps: int | None = option(None, "Evaluate every N steps (default: --save-steps).", min=1)
+    merge: bool = option(False, "Also write the merged full weights + tokenizer to OUTPUT/merged (for vLLM).")
+    resume: bool = option(True, "Continue from the newest checkpoint in OUTPUT; --no-resume deletes them and starts "
+                                "over.")
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ QUESTION_TYPES = ("clarification", "critical", "interpretation", "application", 
 LEVEL_OF = {"clarification": "beginner", "critical": "intermediate", "interpretation": "intermediate",
             "application": "intermediate", "comparison": "advanced", "mechanism": "advanced",
             "limitation": "advanced"}
-AUDIENCES = ("student", "researcher", "practitioner")
 FRAGMENTS = ("hypotheses", "evidence", "method_critique", "user_perspective")
 
 QuestionType = Literal["clarification", "critical", "interpretation", "application", "comparison", "mechanism",
@@ -165,10 +164,6 @@ def judge_task(question: str, thought: str, answer: str) -> str:
 
 
 # -- stage 6: answer grades ----------------------------------------------------------------------
-
-GRADE_DIMENSIONS = ("question_alignment", "scientific_accuracy", "completeness", "uncertainty_calibration",
-                    "clarity_structure", "evidence_usage")
-
 
 class AnswerGrades(BaseModel):
     question_alignment: float = Field(ge=0, le=1)
