@@ -25,7 +25,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from synthtrace.cli import main as cli_main
-from synthtrace.engine import gateway as gateway_mod
+from synthtrace.engine import online as online_mod
 from synthtrace.testing import FakeProvider
 
 # Variables that would point synthtrace somewhere else or hand it a real credential.
@@ -51,8 +51,8 @@ def fp() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shrink the gateway's exponential backoff (in-process runs only) so retry tests take milliseconds."""
-    monkeypatch.setattr(gateway_mod, "BACKOFF_BASE_S", 0.02)
+    """Shrink the online transport's exponential backoff (in-process runs only) so retry tests take milliseconds."""
+    monkeypatch.setattr(online_mod, "BACKOFF_BASE_S", 0.02)
 
 
 def arun(coro: Any) -> Any:

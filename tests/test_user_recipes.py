@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _write_jsonl, cli_command, kill_9_when, make_config, read_jsonl, subprocess_env
+from conftest import _write_jsonl, cli_command, kill_9_when, make_config, prompts, read_jsonl, subprocess_env
 
 import synthtrace
 from synthtrace.testing import FakeProvider
@@ -452,3 +452,135 @@ def test_the_public_api_is_documented_and_import_synthtrace_loads_nothing_else()
     probe = "import sys, synthtrace; print(sorted(m for m in sys.modules if m.startswith(('synthtrace.', 'click'))))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "['synthtrace.version']", done.stdout + done.stderr
+
+
+BATCH_PROVIDER_MODULE = '''
+"""A provider with a batch API and a setting of its own, in one file. Its "server" is a JSON file
+(TALLY_STORE) that keeps every batch created and every online request, for the test to read."""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthtrace.llm.base import own_settings
+from synthtrace.llm.batches import OK, BatchItem, BatchStatus
+from synthtrace.types import ChatResult, Usage
+
+STORE = Path(os.environ["TALLY_STORE"])
+
+
+def load():
+    return json.loads(STORE.read_text()) if STORE.exists() else {"batches": {}, "online": []}
+
+
+def save(data):
+    STORE.write_text(json.dumps(data))
+
+
+def answer(signature, prompt, model):
+    text = f"{signature}: {prompt}"
+    return ChatResult(text, usage=Usage(3, len(text) // 4), finish_reason="stop", model=model)
+
+
+class TallyClient:
+    name = "tally"
+    native_schema = False
+    max_concurrency = None
+    in_process = False
+    batch_api = "synthtrace_tally:TallyBatches"
+
+    @dataclass
+    class Settings:
+        signature: str = "tally"
+
+    def __init__(self, signature):
+        self.signature = signature
+
+    @classmethod
+    def from_endpoint(cls, name, endpoint):
+        return cls(own_settings(cls, endpoint).signature)
+
+    async def chat(self, req):
+        data = load()
+        data["online"].append(req.messages[-1]["content"])
+        save(data)
+        return answer(self.signature, req.messages[-1]["content"], req.model)
+
+    async def aclose(self):
+        pass
+
+
+class TallyBatches:
+    kind = "tally"
+    max_items = 1000
+    uploads = False
+
+    def __init__(self, name, endpoint):
+        self.signature = own_settings(TallyClient, endpoint).signature
+
+    def line(self, custom_id, req):
+        return json.dumps({"custom_id": custom_id, "prompt": req.messages[-1]["content"], "model": req.model}).encode()
+
+    async def upload(self, lines):
+        return None
+
+    async def create(self, file_id, lines, local_id):
+        data = load()
+        batch_id = f"tb{len(data['batches']) + 1}"
+        data["batches"][batch_id] = [json.loads(line) for line in lines]
+        save(data)
+        return batch_id
+
+    async def find(self, file_id, created_after, count, claimed):
+        return None
+
+    async def status(self, batch_id):
+        return BatchStatus(True, "ended", {"done": len(load()["batches"][batch_id])}, [batch_id])
+
+    async def cancel(self, batch_id):
+        pass
+
+    def result_urls(self, status):
+        return list(status.sources)
+
+    def expected_results(self, status):
+        return status.counts["done"]
+
+    async def download(self, url):
+        return b"".join(json.dumps(item).encode() + b"\\n" for item in load()["batches"][url])
+
+    def read_results(self, data):
+        items = [json.loads(line) for line in data.splitlines()]
+        return [BatchItem(i["custom_id"], OK, answer(self.signature, i["prompt"], i["model"])) for i in items], ""
+
+    async def aclose(self):
+        pass
+'''
+
+
+def test_a_provider_plugin_with_a_batch_api_and_its_own_setting_runs_in_batch_mode(tmp_path, write_jsonl):
+    env = install_plugin(tmp_path, "synthtrace-tally", BATCH_PROVIDER_MODULE,
+                         "[synthtrace.providers]\ntally = synthtrace_tally:TallyClient\n")
+    store = tmp_path / "tally.json"
+    env["TALLY_STORE"] = str(store)
+    cfg = tmp_path / "tally.yaml"
+    endpoint = "{kind: tally, mode: batch, batch_window_s: 0.05, batch_poll_s: 0.02, signature: counted}"
+    cfg.write_text(f"endpoints: {{t: {endpoint}}}\nmodels: {{t: {{endpoint: t, model: t-1}}}}\ndefault_model: t\n")
+    inp = write_jsonl(prompts(6))
+    out = tmp_path / "run"
+    done = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", out, "--config", cfg, "-q"), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = {r["id"]: r["completion"] for r in read_jsonl(out / "rows.jsonl")}
+    assert rows == {f"r{i}": f"counted: prompt {i}" for i in range(6)}  # its own setting reached it
+    data = json.loads(store.read_text())
+    batched = [item["prompt"] for batch in data["batches"].values() for item in batch]
+    assert sorted(batched) == sorted(f"prompt {i}" for i in range(6)) and data["online"] == []  # each once, batched
+    stats = json.loads((out / "manifest.json").read_text())["result"]["stats"]
+    assert stats["batch_calls"] == 6
+
+    cfg.write_text(f"endpoints: {{t: {endpoint.replace('signature', 'signatur')}}}\ndefault_endpoint: t\n")
+    bad = subprocess.run(cli_command("run", "completions", "-i", inp, "-o", tmp_path / "bad", "--config", cfg),
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert f"{cfg}: endpoints.t.signatur: not a setting of a 'tally' endpoint (its own: signature)" in bad.stderr

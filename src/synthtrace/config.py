@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from synthtrace.registry import PROVIDERS
-
 CONFIG_SEARCH = ("synthtrace.yaml", "synthtrace.yml", "~/.config/synthtrace/config.yaml")
 
 
@@ -34,27 +32,27 @@ class Endpoint:
 
     __pydantic_config__ = _STRICT_KEYS
 
-    kind: str = "openai"  # a provider kind: openai, anthropic, argo, local, hf, or a plugin's
+    kind: str = ""  # a provider kind (`llm.providers`); "": an OpenAI-compatible server
     base_url: str | list[str] | None = None  # a list: replicas of one deployment (`engine.replicas`)
     api_key_env: str | None = None  # name of the environment variable holding the key
-    user_env: str | None = None  # Argo: variable holding the user name (default ARGO_USER)
-    structured: Literal["json_schema", "json_object", "none"] = "json_schema"
     timeout: float = 600.0
     concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
     headers: dict[str, str] = field(default_factory=dict)  # non-secret extra headers
-    model_path: str | None = None  # local: a GGUF file; hf: DIR or DIR+ADAPTER_DIR
-    n_ctx: int = 4096
+    model_path: str | None = None  # weights on this machine: a GGUF file, or DIR or DIR+ADAPTER_DIR
     proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT, or "direct"; default: HTTPS_PROXY & co.
     ca_bundle: str | None = None  # certificates to trust beside the system's (and REQUESTS_CA_BUNDLE's)
     verify: bool = True  # False trusts any certificate: anyone on the path can read and change the traffic
-    # batch: calls go out as provider batches at batch prices (`engine.batches`; kinds openai and anthropic)
+    # batch: calls go out as provider batches at batch prices (`engine.batches`; a provider with a batch API)
     mode: Literal["online", "batch"] = "online"
     batch_window_s: float = 10.0  # a batch is submitted once no call has come for this long …
     batch_max: int = 10_000  # … or once this many wait
     batch_poll_s: float = 30.0  # how often a running batch's status is read
     batch_retry: Literal["batch", "online"] = "batch"  # where errored and expired items are asked again
+    # The provider's own settings (its `Settings`, `llm.providers`): in a config file they sit beside
+    # the keys above, under the endpoint, and are checked against the provider when the file is read.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def urls(self) -> list[str]:
@@ -142,6 +140,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         from pydantic import TypeAdapter, ValidationError  # only when there is a file to check
 
+        _gather_provider_settings(data)
         try:
             cfg = TypeAdapter(Config).validate_python(data)
         except ValidationError as e:
@@ -153,14 +152,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             if alias.endpoint not in cfg.endpoints:
                 raise ConfigError(f"{p}: models.{name}: unknown endpoint {alias.endpoint!r}")
         for name, ep in cfg.endpoints.items():
-            if ep.kind not in PROVIDERS:
-                raise ConfigError(f"{p}: endpoints.{name}.kind: {PROVIDERS.unknown(ep.kind)}")
-            if ep.mode == "batch" and ep.kind not in ("openai", "anthropic"):
-                raise ConfigError(f"{p}: endpoints.{name}.mode: batch needs kind openai or anthropic, not {ep.kind!r}")
             if isinstance(ep.base_url, list) and (not ep.base_url or len(set(ep.base_url)) < len(ep.base_url)):
                 raise ConfigError(f"{p}: endpoints.{name}.base_url: a list needs at least one URL, each once")
         return cfg
     return Config()
+
+
+def _gather_provider_settings(data: Any) -> None:
+    """Move the keys of each endpoint that are not common to every endpoint into its `settings`
+    (the provider checks them: `llm.providers.check_endpoints`)."""
+    import dataclasses
+
+    common = {f.name for f in dataclasses.fields(Endpoint)}
+    endpoints = data.get("endpoints") if isinstance(data, dict) else None
+    for ep in (endpoints or {}).values() if isinstance(endpoints, dict) else ():
+        if isinstance(ep, dict):
+            own = {k: ep.pop(k) for k in [k for k in ep if k not in common]}
+            if own:
+                ep["settings"] = {**(ep.get("settings") or {}), **own}
 
 
 def with_cli_endpoint(cfg: Config, base_url: str | list[str] | None, api_key_env: str | None = None) -> Config:
@@ -170,8 +179,7 @@ def with_cli_endpoint(cfg: Config, base_url: str | list[str] | None, api_key_env
     if not urls:
         return cfg
     env = api_key_env or next((v for v in ("SYNTHTRACE_API_KEY", "OPENAI_API_KEY") if os.environ.get(v)), None)
-    endpoints = {**cfg.endpoints, "cli": Endpoint(kind="openai", base_url=urls[0] if len(urls) == 1 else urls,
-                                                  api_key_env=env)}
+    endpoints = {**cfg.endpoints, "cli": Endpoint(base_url=urls[0] if len(urls) == 1 else urls, api_key_env=env)}
     return replace(cfg, endpoints=endpoints, default_endpoint="cli")
 
 

@@ -16,21 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Built-in recipes and providers: names a plugin cannot take over.
+# Built-in recipes: names a plugin cannot take over. (The built-in providers are listed with the
+# providers, in `llm.providers`.)
 BUILTIN_RECIPES = {
     "completions": "synthtrace.recipes.completions:CompletionsRecipe",
     "medec": "synthtrace.recipes.medec.recipe:MedecRecipe",
     "science": "synthtrace.recipes.science.recipe:ScienceRecipe",
 }
-BUILTIN_PROVIDERS = {
-    "openai": "synthtrace.llm.openai:OpenAIClient",
-    "anthropic": "synthtrace.llm.anthropic:AnthropicClient",
-    "argo": "synthtrace.llm.argo:ArgoClient",
-    "local": "synthtrace.llm.local:LocalClient",
-    "hf": "synthtrace.llm.hf:HFClient",
-}
-
-
 class NotRegistered(LookupError):
     """A name no built-in and no installed plugin provides."""
 
@@ -95,4 +87,3 @@ def load_reference(ref: str) -> Any:
 
 
 RECIPES = Registry("synthtrace.recipes", BUILTIN_RECIPES, "recipe")
-PROVIDERS = Registry("synthtrace.providers", BUILTIN_PROVIDERS, "provider kind")

@@ -34,11 +34,16 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from synthtrace.engine.accounting import Accounting
+from synthtrace.engine.cost import BATCH_DISCOUNT
+from synthtrace.engine.journal import Journal
+from synthtrace.engine.online import OnlineTransport
 from synthtrace.llm.batches import FATAL, OK, BatchItem
+from synthtrace.llm.providers import batch_api
 from synthtrace.types import (
     ChatRequest,
     ChatResult,
@@ -49,6 +54,9 @@ from synthtrace.types import (
     RetryableError,
     Struct,
 )
+
+if TYPE_CHECKING:
+    from synthtrace.engine.gateway import Call
 
 NOT_FOUND_GRACE_S = 120.0  # a batch read right after its creation may answer 404 for a while
 LEDGER = "batches.db"
@@ -139,22 +147,17 @@ class BatchLedger:
 class _Waiting(Struct):
     """A call waiting for its batch item: what to send again, and who waits."""
 
-    __slots__ = ("key", "model", "req", "request", "future", "tries", "cut_retried")
+    __slots__ = ("call", "future", "tries", "cut_retried")
 
-    def __init__(self, key: str, model: str, req: ChatRequest, request: dict[str, Any],
-                 future: asyncio.Future[tuple[ChatResult, float]]):
-        self.key = key
-        self.model = model
-        self.req = req
-        self.request = request
+    def __init__(self, call: Call, future: asyncio.Future[tuple[ChatResult, float]]):
+        self.call = call
         self.future = future
         self.tries = 0
         self.cut_retried = False
 
-
-# record(key, model, result, cost, request) journals one answer; online(waiting) asks it online and journals it
-Record = Callable[[str, str, ChatResult, float, dict[str, Any]], Awaitable[None]]
-Online = Callable[[_Waiting], Awaitable[tuple[ChatResult, float]]]
+    @property
+    def key(self) -> str:
+        return self.call.key
 
 
 class BatchStats(Struct):
@@ -171,20 +174,23 @@ class BatchStats(Struct):
 
 
 class Batcher:
-    """The batches of one endpoint in one run."""
+    """The batches of one endpoint in one run: batch mode's transport. It journals each answer as it
+    reads it (a result may come for a call of a later run), and asks online through the endpoint's
+    `online` transport what must go online (past the deadline, `batch_retry: online`)."""
 
-    def __init__(self, name: str, api: Any, ledger: BatchLedger, *, endpoint_config: dict[str, Any], record: Record,
-                 online: Online,
-                 cost: Callable[[str, ChatResult], float], window_s: float, max_items: int, poll_s: float,
-                 deadline: float | None, retry: str, retry_length: bool, max_retries: int,
+    journals = True
+
+    def __init__(self, name: str, api: Any, ledger: BatchLedger, *, endpoint_config: dict[str, Any],
+                 journal: Journal, accounting: Accounting, online: OnlineTransport, window_s: float, max_items: int,
+                 poll_s: float, deadline: float | None, retry: str, retry_length: bool, max_retries: int,
                  say: Callable[[str], None]):
         self.name = name
         self.api = api
         self.endpoint_config = endpoint_config
         self.ledger = ledger
-        self.record = record
+        self.journal = journal
+        self.accounting = accounting
         self.online = online
-        self.cost = cost
         self.window_s = window_s
         self.max_items = min(max_items, api.max_items)
         self.poll_s = poll_s
@@ -219,13 +225,25 @@ class Batcher:
                 self.in_batch[key] = b["local_id"]
             self._spawn(self._follow(b, resumed=True))
 
-    async def ask(self, key: str, model: str, req: ChatRequest, request: dict[str, Any]) -> tuple[ChatResult, float]:
+    async def send(self, call: Call) -> tuple[ChatResult, float, int]:
+        """The answer to `call` from a batch (or online), journaled; its cost reserved at batch prices."""
+        estimate, _ = await self.accounting.reserve(call.r, call.req, False, BATCH_DISCOUNT)
+        try:
+            result, cost = await self.ask(call)
+        except BaseException:
+            self.accounting.settle(estimate, 0.0)
+            raise
+        self.accounting.settle(estimate, cost)
+        return result, cost, 1
+
+    async def ask(self, call: Call) -> tuple[ChatResult, float]:
         """The answer to one call, from a batch (or online past the deadline); journaled before it returns."""
         self.resume()
         if self.refused is not None:
             raise self.refused
         fut: asyncio.Future[tuple[ChatResult, float]] = asyncio.get_running_loop().create_future()
-        w = _Waiting(key, model, req, request, fut)
+        key = call.key
+        w = _Waiting(call, fut)
         self.waiting[key] = w
         try:
             held = self.in_batch.get(key)
@@ -250,8 +268,12 @@ class Batcher:
             self._flusher = asyncio.ensure_future(self._flush_when_quiet())
 
     async def _online(self, w: _Waiting) -> tuple[ChatResult, float]:
+        """Ask `w` online, through the endpoint's online transport, and journal the answer."""
         self.stats.online += 1
-        return await self.online(w)
+        call = w.call
+        result, cost, _ = await self.online.send(call)
+        await self.journal.record(call.key, self.name, call.r.model, result, cost, request=call.request)
+        return result, cost
 
     async def _flush_when_quiet(self) -> None:
         while self.pending:
@@ -271,7 +293,8 @@ class Batcher:
             for w in todo:
                 self._spawn(self._answer_online(w))
             return
-        items = [(w.key, w.model, self.api.line(w.key, w.req), orjson.dumps(w.request)) for w in todo]
+        items = [(w.key, w.call.r.model, self.api.line(w.key, w.call.req), orjson.dumps(w.call.request))
+                 for w in todo]
         local_id = self.ledger.prepare(self.name, self.api.kind, items, self.endpoint_config)  # before anything is sent
         for w in todo:
             self.in_batch[w.key] = local_id
@@ -304,8 +327,8 @@ class Batcher:
         try:
             if b["batch_id"] is None:
                 # An earlier run may have been cut off during the create: the batch would exist, unrecorded.
-                cut_off = resumed and (b["state"] == "uploaded" or self.api.kind != "openai")
-                if b["state"] == "prepared" and self.api.kind == "openai":
+                cut_off = resumed and (b["state"] == "uploaded" or not self.api.uploads)
+                if b["state"] == "prepared" and self.api.uploads:
                     b["file_id"] = await self._step(lambda: self.api.upload(lines))
                     self.ledger.set(local_id, state="uploaded", file_id=b["file_id"])
                 found = None
@@ -476,13 +499,15 @@ class Batcher:
             if self.retry_length and w is not None and not w.cut_retried:
                 # Asked again once with twice the tokens; the cut answer is not kept.
                 w.cut_retried = True
-                tokens = int(w.req.params.get("max_tokens") or 1024) * 2
-                w.req = ChatRequest(w.req.model, w.req.messages, {**w.req.params, "max_tokens": tokens}, w.req.schema,
-                                    w.req.schema_name)
+                req = w.call.req
+                tokens = int(req.params.get("max_tokens") or 1024) * 2
+                w.call.req = ChatRequest(req.model, req.messages, {**req.params, "max_tokens": tokens}, req.schema,
+                                         req.schema_name)
                 self._enqueue(w)
                 return None
-        cost = self.cost(model, result)
-        await self.record(key, model, result, cost, request)
+        cost = self.accounting.cost(model, result, discount=BATCH_DISCOUNT)
+        await self.journal.record(key, self.name, model, result, cost, request={**request, "via": "batch"})
+        self.accounting.count(model, result, cost, batch=True)
         self.stats.answered += 1
         return key, result, cost
 
@@ -508,11 +533,14 @@ class Batcher:
 
 
 def _api_for(row: dict[str, Any]) -> Any:
+    """The batch API client for a ledger row, from the endpoint it stored (keys from the environment)."""
     from synthtrace.config import Endpoint
-    from synthtrace.llm.batches import BATCH_APIS
 
-    config = orjson.loads(row["endpoint_config"] or "{}")
-    return BATCH_APIS[row["kind"]](row["endpoint"], Endpoint(**config))
+    endpoint = Endpoint(**orjson.loads(row["endpoint_config"] or "{}"))
+    api_class = batch_api(endpoint.kind)
+    if api_class is None:
+        raise ValueError(f"endpoint {row['endpoint']!r}: provider kind {endpoint.kind!r} has no batch API")
+    return api_class(row["endpoint"], endpoint)
 
 
 async def run_batches(run: Path, cancel: bool = False) -> list[dict[str, Any]]:

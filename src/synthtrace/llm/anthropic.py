@@ -23,6 +23,8 @@ _PASS = ("temperature", "top_p", "top_k", "stop_sequences", "metadata", "thinkin
 
 
 class AnthropicClient(HTTPClient):
+    batch_api = "synthtrace.llm.batches:AnthropicBatches"
+
     native_schema = True
 
     def __init__(self, base_url: str = "https://api.anthropic.com", api_key: str | None = None,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from synthtrace.config import Endpoint, secret
-from synthtrace.llm.base import HTTPClient, malformed, network, url_and_key
+from synthtrace.llm.base import HTTPClient, malformed, network, own_settings, url_and_key
 from synthtrace.llm.http import Network
 from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
@@ -27,6 +28,10 @@ def estimate_tokens(text: str) -> int:
 
 
 class ArgoClient(HTTPClient):
+    @dataclass
+    class Settings:
+        user_env: str = "ARGO_USER"  # the variable holding the user name Argo asks for
+
     def __init__(self, base_url: str, user: str | None, name: str = "argo", timeout: float = 600.0,
                  api_key: str | None = None, network: Network | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -38,7 +43,7 @@ class ArgoClient(HTTPClient):
     @classmethod
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> ArgoClient:
         url, key = url_and_key(name, endpoint)
-        return cls(url, secret(endpoint.user_env or "ARGO_USER"), name=name, timeout=endpoint.timeout, api_key=key,
+        return cls(url, secret(own_settings(cls, endpoint).user_env), name=name, timeout=endpoint.timeout, api_key=key,
                    network=network(name, endpoint))
 
     @staticmethod
@@ -50,7 +55,7 @@ class ArgoClient(HTTPClient):
     @staticmethod
     def default_endpoint() -> Endpoint:
         """The endpoint behind `argo:MODEL`."""
-        return Endpoint(kind="argo", base_url=os.environ.get("ARGO_BASE_URL", ARGO_CHAT_URL), user_env="ARGO_USER")
+        return Endpoint(kind="argo", base_url=os.environ.get("ARGO_BASE_URL", ARGO_CHAT_URL))
 
     def build_payload(self, req: ChatRequest) -> dict[str, Any]:
         if not self.user:

@@ -6,7 +6,8 @@ pooled client in `llm.http` and parse with orjson; that pair costs a small fract
 SDK (or even a bare aiohttp loop) spends per request.
 
 A provider is one class with `from_endpoint(name, endpoint)`, registered under its endpoint kind
-(`synthtrace.registry.BUILTIN_PROVIDERS`, or an entry point in the `synthtrace.providers` group).
+(`llm.providers.BUILTIN_PROVIDERS`, or an entry point in the `synthtrace.providers` group); what
+else it may declare (its bare ids, a batch API, settings of its own) is listed in `llm.providers`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from synthtrace.config import Endpoint, secret
+from synthtrace.config import ConfigError, Endpoint, secret
 from synthtrace.llm.http import BadResponse, ConnectError, ConnectionLost, ConnectionPool, HTTPError, Network, Timeout
 from synthtrace.types import (
     ChatRequest,
@@ -48,6 +49,15 @@ class Client(Protocol):
     async def chat(self, req: ChatRequest) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def own_settings(cls: Any, endpoint: Endpoint) -> Any:
+    """A provider's own settings of `endpoint`: an instance of `cls.Settings` (a dataclass) from the
+    endpoint's `settings`, which the config loader checked against it."""
+    try:
+        return cls.Settings(**endpoint.settings)
+    except TypeError as e:
+        raise ConfigError(f"{cls.__name__}: endpoint settings {endpoint.settings!r}: {e}") from None
 
 
 def network(name: str, endpoint: Endpoint) -> Network:

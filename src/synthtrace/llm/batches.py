@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from synthtrace.config import Endpoint
 from synthtrace.llm.anthropic import AnthropicClient, parse_message
-from synthtrace.llm.base import HTTPClient, network, url_and_key
+from synthtrace.llm.base import HTTPClient, network, own_settings, url_and_key
 from synthtrace.llm.openai import OpenAIClient, parse_chat_completion
 from synthtrace.types import ChatRequest, ChatResult, LLMError, Struct
 
@@ -50,8 +50,55 @@ class BatchStatus(Struct):
         self.problem = problem  # why a batch failed as a whole (validation), when it did
 
 
+class BatchAPI(Protocol):
+    """What a provider's batch API offers the engine (`engine.batches.Batcher`), step by step, so that
+    each id it learns is recorded before the next step. A provider declares its class as `batch_api`."""
+
+    kind: str  # recorded with each batch, for `synthtrace batch status`
+    max_items: int  # the most requests one batch may hold
+    uploads: bool  # True: the requests go up as a file (`upload`) before `create`
+
+    def __init__(self, name: str, endpoint: Endpoint) -> None: ...
+
+    def line(self, custom_id: str, req: ChatRequest) -> bytes:
+        """One request as the batch takes it, tagged with `custom_id`."""
+        ...
+
+    async def upload(self, lines: list[bytes]) -> str | None:
+        """Upload the requests; the file's id (None when the API takes them with `create`)."""
+        ...
+
+    async def create(self, file_id: str | None, lines: list[bytes], local_id: str) -> str:
+        """Create the batch; its id."""
+        ...
+
+    async def find(self, file_id: str | None, created_after: float, count: int, claimed: set[str]) -> str | None:
+        """The id of a batch created for these requests whose `create` answer was lost, if there is one."""
+        ...
+
+    async def status(self, batch_id: str) -> BatchStatus: ...
+
+    async def cancel(self, batch_id: str) -> None: ...
+
+    def result_urls(self, status: BatchStatus) -> list[str]:
+        """Where an ended batch's results are."""
+        ...
+
+    def expected_results(self, status: BatchStatus) -> int:
+        """How many results the batch's own counts say its files hold together."""
+        ...
+
+    async def download(self, url: str) -> bytes: ...
+
+    def read_results(self, data: bytes) -> tuple[list[BatchItem], str]:
+        """The items of one downloaded file, and why it is not whole ("" when it is)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class _BatchAPI:
-    """What both batch APIs share: downloading a results file and reading it line by line, and closing."""
+    """What both batch APIs here share: downloading a results file and reading it line by line, and closing."""
 
     http: HTTPClient
 
@@ -92,10 +139,11 @@ class _BatchAPI:
 class OpenAIBatches(_BatchAPI):
     kind = "openai"
     max_items = 50_000
+    uploads = True  # the requests go up as a file first, then the batch is created from it
 
     def __init__(self, name: str, endpoint: Endpoint):
         url, key = url_and_key(name, endpoint)
-        self.online = OpenAIClient(url, key, name=name, structured=endpoint.structured)
+        self.online = OpenAIClient(url, key, name=name, structured=own_settings(OpenAIClient, endpoint).structured)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = HTTPClient(url, {**headers, **endpoint.headers}, endpoint.timeout, network=network(name, endpoint),
                                content_type=None)
@@ -187,6 +235,7 @@ class OpenAIBatches(_BatchAPI):
 class AnthropicBatches(_BatchAPI):
     kind = "anthropic"
     max_items = 100_000
+    uploads = False  # the requests go with the create call
     _FATAL = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
               "request_too_large"}
 
@@ -252,9 +301,6 @@ class AnthropicBatches(_BatchAPI):
             outcome = FATAL if err.get("type") in self._FATAL else RETRY
             return BatchItem(cid, outcome, error=f"{err.get('type', 'error')}: {err.get('message', '')}")
         return BatchItem(cid, RETRY, error=str(kind))  # canceled, expired
-
-
-BATCH_APIS: dict[str, type[_BatchAPI]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
 
 
 def _message(body: Any) -> str:

@@ -44,6 +44,7 @@ class HFClient:
 
     native_schema = False
     max_concurrency: int | None = 1
+    description = "in-process transformers"
     in_process = True
 
     @classmethod

@@ -18,9 +18,11 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from synthtrace.config import Endpoint
+from synthtrace.llm.base import own_settings
 from synthtrace.llm.reasoning import split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, RetryableError, Usage, content_text
 
@@ -181,8 +183,13 @@ class LocalClient:
     """A `Client` that generates with a GGUF model in this process."""
 
     name = "local"
+    description = "local llama.cpp"
     native_schema = True
     in_process = True
+
+    @dataclass
+    class Settings:
+        n_ctx: int = 4096  # the context window, prompt and answer together
 
     def __init__(self, model_path: str | None = None, n_ctx: int = 4096, n_threads: int | None = None,
                  max_concurrency: int = 1, seed: int = 0, verbose: bool = False):
@@ -198,7 +205,8 @@ class LocalClient:
 
     @classmethod
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> LocalClient:
-        return cls(model_path=endpoint.model_path, n_ctx=endpoint.n_ctx, max_concurrency=endpoint.concurrency or 1)
+        return cls(model_path=endpoint.model_path, n_ctx=own_settings(cls, endpoint).n_ctx,
+                   max_concurrency=endpoint.concurrency or 1)
 
     @property
     def model_name(self) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from synthtrace.config import Endpoint
-from synthtrace.llm.base import HTTPClient, malformed, network, url_and_key
+from synthtrace.llm.base import HTTPClient, malformed, network, own_settings, url_and_key
 from synthtrace.llm.http import Network
 from synthtrace.llm.reasoning import join_reasoning, split_think
 from synthtrace.types import ChatRequest, ChatResult, FatalError, Usage
@@ -36,6 +37,13 @@ _OPENAI_IDS = re.compile(r"^(?:gpt-|chatgpt-|o[1-9](?:$|-)|text-|davinci|babbage
 
 
 class OpenAIClient(HTTPClient):
+    batch_api = "synthtrace.llm.batches:OpenAIBatches"
+
+    @dataclass
+    class Settings:
+        # how a schema is asked for: OpenAI's json_schema, plain JSON mode, or only in the prompt
+        structured: Literal["json_schema", "json_object", "none"] = "json_schema"
+
     def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
                  structured: str = "json_schema", timeout: float = 600.0, extra_headers: dict[str, str] | None = None,
                  network: Network | None = None):
@@ -51,7 +59,7 @@ class OpenAIClient(HTTPClient):
     @classmethod
     def from_endpoint(cls, name: str, endpoint: Endpoint) -> OpenAIClient:
         url, key = url_and_key(name, endpoint)
-        return cls(url, key, name=name, structured=endpoint.structured, timeout=endpoint.timeout,
+        return cls(url, key, name=name, structured=own_settings(cls, endpoint).structured, timeout=endpoint.timeout,
                    extra_headers=endpoint.headers, network=network(name, endpoint))
 
     @staticmethod

@@ -7,27 +7,93 @@ the configured `default_endpoint` (which `--base-url` sets); and, with nothing o
 provider's own ids when its credentials are set (`gpt-…`, `o3…` to OpenAI with `OPENAI_API_KEY`,
 `claude-…` to Anthropic with `ANTHROPIC_API_KEY`, Argo's `claudesonnet4`, `gpt4o` … with `ARGO_USER`).
 
-An endpoint's `kind` names its client class in `synthtrace.registry.PROVIDERS`, so a new provider
-is one module plus one registration line (or an entry point).
+An endpoint's `kind` names its provider: a client class registered here (`BUILTIN_PROVIDERS`) or
+by a plugin (an entry point in the `synthtrace.providers` group), so a new provider is one module
+plus one registration line. What a provider can do it declares on its class, and a plugin's class
+gets all of it:
+
+- `from_endpoint(name, endpoint)` builds the client (see `llm.base.Client`);
+- `claims(model) -> bool`: bare model ids it serves when nothing configured routes them;
+- `default_endpoint() -> Endpoint`: where `KIND:MODEL` and its claimed ids go;
+- `batch_api`: its batch API class, or its `module:Class` reference (batch mode, `engine.batches`);
+- `Settings`: a dataclass of its own endpoint settings, written beside the common ones under the
+  endpoint in the config; `llm.base.own_settings(cls, endpoint)` reads them in `from_endpoint`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from synthtrace.config import Config, ConfigError, Endpoint
 from synthtrace.llm.base import Client
-from synthtrace.registry import BUILTIN_PROVIDERS, PROVIDERS, NotRegistered
+from synthtrace.registry import NotRegistered, Registry, load_reference
 from synthtrace.types import Struct
+
+# Built-in providers: endpoint kinds a plugin cannot take over. The first is the default kind (an
+# endpoint that names none is an OpenAI-compatible server).
+BUILTIN_PROVIDERS = {
+    "openai": "synthtrace.llm.openai:OpenAIClient",
+    "anthropic": "synthtrace.llm.anthropic:AnthropicClient",
+    "argo": "synthtrace.llm.argo:ArgoClient",
+    "local": "synthtrace.llm.local:LocalClient",
+    "hf": "synthtrace.llm.hf:HFClient",
+}
+DEFAULT_KIND = next(iter(BUILTIN_PROVIDERS))
+PROVIDERS = Registry("synthtrace.providers", BUILTIN_PROVIDERS, "provider kind")
 
 
 def provider(kind: str) -> Any:
-    """The client class registered for an endpoint kind."""
+    """The client class registered for an endpoint kind ("" is the default kind)."""
     try:
-        return PROVIDERS.load(kind)
+        return PROVIDERS.load(kind or DEFAULT_KIND)
     except NotRegistered as e:
         raise ConfigError(str(e)) from None
+
+
+def batch_api(kind: str) -> Any:
+    """The batch API class of an endpoint kind's provider, or None when it has none."""
+    ref = getattr(provider(kind), "batch_api", None)
+    return load_reference(ref) if isinstance(ref, str) else ref
+
+
+def check_endpoints(cfg: Config) -> Config:
+    """Every endpoint's kind known, its provider's own settings valid, batch mode only where the
+    provider has a batch API; a ConfigError names the file and the key."""
+    where = f"{cfg.source}: " if cfg.source else ""
+    for name, ep in cfg.endpoints.items():
+        at = f"{where}endpoints.{name}"
+        if ep.kind and ep.kind not in PROVIDERS:
+            raise ConfigError(f"{at}.kind: {PROVIDERS.unknown(ep.kind)}")
+        cls = provider(ep.kind)
+        ep.settings = _checked_settings(cls, ep, at)
+        if ep.mode == "batch" and batch_api(ep.kind) is None:
+            raise ConfigError(f"{at}.mode: batch needs a provider with a batch API; "
+                              f"kind {ep.kind or DEFAULT_KIND!r} has none")
+    return cfg
+
+
+def _checked_settings(cls: Any, ep: Endpoint, at: str) -> dict[str, Any]:
+    """`ep.settings` validated against the provider's `Settings` (types coerced as pydantic does)."""
+    if not ep.settings:
+        return ep.settings
+    settings_type = getattr(cls, "Settings", None)
+    known = {f.name for f in dataclasses.fields(settings_type)} if settings_type is not None else set()
+    unknown = [k for k in ep.settings if k not in known]
+    if unknown:
+        mine = f"its own: {', '.join(sorted(known))}" if known else "none of its own"
+        raise ConfigError(f"{at}.{unknown[0]}: not a setting of a {ep.kind or DEFAULT_KIND!r} endpoint ({mine})")
+    from pydantic import TypeAdapter, ValidationError  # only when there are settings to check
+
+    try:
+        value = TypeAdapter(settings_type).validate_python(ep.settings)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{at}.{loc}: {first['msg']}") from None
+    return {k: getattr(value, k) for k in ep.settings}
 
 
 class ResolvedModel(Struct):
@@ -48,6 +114,11 @@ class ResolvedModel(Struct):
         """Served in this process (llama.cpp, transformers): free, and seeded per sample."""
         return bool(provider(self.endpoint.kind).in_process)
 
+    @property
+    def engine(self) -> str:
+        """What serves it, in words: its provider's `description`, else its kind."""
+        return str(getattr(provider(self.endpoint.kind), "description", self.endpoint.kind))
+
 
 def build_clients(name: str, resolved: ResolvedModel) -> list[tuple[str, Client]]:
     """(URL, client) for each replica of an endpoint (one, with URL "", for an endpoint without a
@@ -60,9 +131,21 @@ def build_clients(name: str, resolved: ResolvedModel) -> list[tuple[str, Client]
     return [(url, cls.from_endpoint(f"{name} ({url})", replace(ep, base_url=url))) for url in urls]
 
 
+def _claimants() -> Iterator[str]:
+    """Provider kinds that may claim a bare model id: the built-ins, then (read only if needed) plugins."""
+    yield from BUILTIN_PROVIDERS
+    yield from sorted(PROVIDERS.plugins())
+
+
 def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
     """Bind a model name to an endpoint; `None` means the configured default or the embedded model."""
-    name = name or cfg.default_model or "local"
+    r = _resolve(cfg, name or cfg.default_model or "local")
+    if not r.endpoint.kind:
+        r.endpoint = replace(r.endpoint, kind=DEFAULT_KIND)
+    return r
+
+
+def _resolve(cfg: Config, name: str) -> ResolvedModel:
     if name == "local" or name.startswith("local:"):
         path = name.partition(":")[2] or None
         ep = cfg.endpoints.get("local") or Endpoint(kind="local")
@@ -87,7 +170,7 @@ def resolve_model(cfg: Config, name: str | None) -> ResolvedModel:
         if cfg.default_endpoint not in cfg.endpoints:
             raise ConfigError(f"default_endpoint {cfg.default_endpoint!r} is not among the endpoints")
         return ResolvedModel(name, cfg.default_endpoint, cfg.endpoints[cfg.default_endpoint], name, {})
-    for kind in BUILTIN_PROVIDERS:  # a provider's own model ids, when its credentials are there
+    for kind in _claimants():  # a provider's own model ids, when its credentials are there
         cls = provider(kind)
         claims = getattr(cls, "claims", None)
         if claims is not None and claims(name):
