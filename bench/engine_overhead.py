@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})
-    gateway_mod.build_clients = lambda name, resolved: [("", InstantClient())]
+    gateway_mod.build_clients = lambda name, resolved, concurrency=None: [("", InstantClient())]
     try:
         import uvloop
 

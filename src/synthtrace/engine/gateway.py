@@ -128,7 +128,7 @@ class Gateway:
             if self._share is not None:
                 conc, rpm, tpm = _share_of(conc, *self._share), rpm and rpm / self._share[1], tpm and tpm / self._share[1]
             replicas = [Replica(url, client, Limiter(conc, rpm, tpm, hard_cap=client.max_concurrency))
-                        for url, client in build_clients(r.endpoint_name, r)]
+                        for url, client in build_clients(r.endpoint_name, r, conc)]
             online = OnlineTransport(r.endpoint_name, Replicas(replicas), self.accounting, limits.max_retries)
             batched = self._batch or r.endpoint.mode == "batch"
             batcher = self._batcher(r, online) if batched and batch_api(r.endpoint.kind) is not None else None

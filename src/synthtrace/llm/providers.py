@@ -120,10 +120,13 @@ class ResolvedModel(Struct):
         return str(getattr(provider(self.endpoint.kind), "description", self.endpoint.kind))
 
 
-def build_clients(name: str, resolved: ResolvedModel) -> list[tuple[str, Client]]:
+def build_clients(name: str, resolved: ResolvedModel, concurrency: int | None = None) -> list[tuple[str, Client]]:
     """(URL, client) for each replica of an endpoint (one, with URL "", for an endpoint without a
-    URL); keys are read from the environment there and nowhere else."""
+    URL); keys are read from the environment there and nowhere else. `concurrency`: what the run
+    sends each at once, as the client sees it in its endpoint (the embedded model sizes its slots by it)."""
     ep = resolved.endpoint
+    if concurrency is not None:
+        ep = replace(ep, concurrency=concurrency)
     cls = provider(ep.kind)
     urls = ep.urls
     if len(urls) <= 1:
