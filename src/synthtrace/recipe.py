@@ -28,6 +28,29 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class CallLog:
+    """What an `llm` handle's calls took, as the `LLM` protocol reports it: `calls` (one dict per
+    call; a fork's calls are logged in its parent too), `tokens` and `cost_usd` summed over them.
+    The engine's handles build on it."""
+
+    def __init__(self, parent: CallLog | None = None):
+        self._parent = parent
+        self.calls: list[dict[str, Any]] = []
+
+    def _log(self, call: dict[str, Any]) -> None:
+        self.calls.append(call)
+        if self._parent is not None:
+            self._parent._log(call)
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return sum(c["prompt_tokens"] for c in self.calls), sum(c["completion_tokens"] for c in self.calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c["cost_usd"] for c in self.calls)
+
+
 class LLM(Protocol):
     """The handle a recipe gets for one record: the one door to every model.
 

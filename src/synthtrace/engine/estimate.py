@@ -28,7 +28,7 @@ from synthtrace.engine.cost import BATCH_DISCOUNT, PriceTable
 from synthtrace.engine.settings import RunSettings
 from synthtrace.inputs import BadInput, Record
 from synthtrace.llm.providers import batch_api, resolve_model
-from synthtrace.recipe import Recipe
+from synthtrace.recipe import CallLog, Recipe
 from synthtrace.types import LLMError, Message, RecipeError, Rejected, Reply, RunStopped, Struct
 
 DEFAULT_COMPLETION = 512
@@ -68,14 +68,13 @@ class _Stop(Exception):
     """Ends a simulated record that asks for more than MAX_CALLS_PER_RECORD calls."""
 
 
-class EstimateLLM:
+class EstimateLLM(CallLog):
     """The `llm` of a dry run (a `synthtrace.LLM`): records requests, sends nothing, answers emptily.
     Its replies cost nothing, so `tokens` is (0, 0) and `cost_usd` 0.0; `calls` lists them as a
     `RecordLLM`'s does."""
 
     def __init__(self, parent: EstimateLLM | None = None):
-        self.calls: list[dict[str, Any]] = []
-        self._parent = parent
+        super().__init__(parent)
         self._seen: set[bytes] = set() if parent is None else parent._seen
         self._root: EstimateLLM = self if parent is None else parent._root
         self.requests: list[tuple[str | None, int, int]] = []  # (model, prompt tokens, completion tokens)
@@ -97,21 +96,8 @@ class EstimateLLM:
         root.answered += 1
         return reply
 
-    def _log(self, call: dict[str, Any]) -> None:
-        self.calls.append(call)
-        if self._parent is not None:
-            self._parent._log(call)
-
     def fork(self) -> EstimateLLM:
         return EstimateLLM(parent=self)
-
-    @property
-    def tokens(self) -> tuple[int, int]:
-        return sum(c["prompt_tokens"] for c in self.calls), sum(c["completion_tokens"] for c in self.calls)
-
-    @property
-    def cost_usd(self) -> float:
-        return sum(c["cost_usd"] for c in self.calls)
 
 
 async def estimate_run(recipe: Recipe, settings: RunSettings, config: Config) -> Estimate:

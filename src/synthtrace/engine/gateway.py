@@ -27,6 +27,7 @@ from synthtrace.engine.limiter import Limiter
 from synthtrace.engine.online import OnlineTransport
 from synthtrace.engine.replicas import Replica, Replicas
 from synthtrace.llm.providers import ResolvedModel, batch_api, build_clients, resolve_model
+from synthtrace.recipe import CallLog
 from synthtrace.types import ChatRequest, ChatResult, Message, Reply, Struct, StructuredOutputError
 
 if TYPE_CHECKING:
@@ -330,32 +331,18 @@ def _share_of(slots: int, index: int, count: int) -> int:
     return max(1, slots // count + (index < slots % count))
 
 
-class RecordLLM:
+class RecordLLM(CallLog):
     """The `llm` handle a recipe receives for one record: the gateway, plus a log of its calls."""
 
     def __init__(self, gateway: Gateway, parent: RecordLLM | None = None):
+        super().__init__(parent)
         self._gateway = gateway
-        self._parent = parent
-        self.calls: list[dict[str, Any]] = []
 
     async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
         reply = await self._gateway.chat(messages, **kwargs)
         self._log(reply.call_record())
         return reply
 
-    def _log(self, call: dict[str, Any]) -> None:
-        self.calls.append(call)
-        if self._parent is not None:
-            self._parent._log(call)
-
     def fork(self) -> RecordLLM:
         """A handle whose calls are logged on their own and in this one (one per example of a record)."""
         return RecordLLM(self._gateway, parent=self)
-
-    @property
-    def tokens(self) -> tuple[int, int]:
-        return sum(c["prompt_tokens"] for c in self.calls), sum(c["completion_tokens"] for c in self.calls)
-
-    @property
-    def cost_usd(self) -> float:
-        return sum(c["cost_usd"] for c in self.calls)
