@@ -1,0 +1,28 @@
+"""Verifiers: is this answer right, against this reference? A typed verdict, never a bare bool.
+
+    from synthtrace.verify import default_ladder
+    v = await default_ladder().check("... so the answer is \\\\boxed{\\\\frac{3}{4}}.", "0.75")
+    v.verdict, v.reason, v.rung        # Verdict.CORRECT, "0.75 = 0.75", "number"
+
+Rungs: `ExactRung` (normalised text), `NumberRung` (thousands separators, percent, fractions,
+units, tolerance), `ChoiceRung` (option letters), `MathRung` (Math-Verify in killable workers,
+`pip install 'synthtrace[verify]'`), `CodeRung` (Python run against tests in a sandbox), `JudgeRung`
+(a model, asked in both orders). A `Ladder` asks them in order until one decides; a timeout or an
+error is never reported as `incorrect`. `sample_until` draws answers until enough are verified.
+"""
+
+from __future__ import annotations
+
+from synthtrace.verify.judge import JudgeRung
+from synthtrace.verify.math import MathRung
+from synthtrace.verify.rules import ChoiceRung, ExactRung, NumberRung, boxed, final_span, parse_number
+from synthtrace.verify.sampling import Sample, Samples, sample_until
+from synthtrace.verify.verdict import Ladder, Rung, Verdict, Verification
+
+__all__ = ["ChoiceRung", "ExactRung", "JudgeRung", "Ladder", "MathRung", "NumberRung", "Rung", "Sample", "Samples",
+           "Verdict", "Verification", "boxed", "default_ladder", "final_span", "parse_number", "sample_until"]
+
+
+def default_ladder(time_limit_s: float = 5.0) -> Ladder:
+    """Exact text, then numbers, then option letters, then Math-Verify."""
+    return Ladder([ExactRung(), NumberRung(), ChoiceRung(), MathRung(time_limit_s)])
