@@ -315,7 +315,10 @@ def test_verify_critic_verdict_against_the_reference():
     assert verify_critic_verdict(False, -1, None, case, on_error_note=False).verified
     flagged = verify_critic_verdict(True, 1, "Radical inguinal orchiectomy is required.", case, on_error_note=False)
     assert not flagged.verified and not flagged.flag_ok
-    assert flagged.to_dict() == {"verified": False, "flag_ok": False, "problem": "flagged sentence 1 in a correct note"}
+    assert flagged.to_dict() == {"verified": False, "flag_ok": False, "problem": "flagged sentence 1 in a correct note",
+                                 "verdict": "incorrect", "rung": "medec"}  # the verdict every verifier gives
+    assert flagged.verdict.verdict.value == "incorrect" and flagged.verdict.rung == "medec"
+    assert "flagged sentence 1" in flagged.verdict.reason
 
 
 def straddling_case() -> MedecCase:

@@ -531,6 +531,41 @@ def merge_command(runs: tuple[Path, ...], output: Path) -> None:
     out.print(f"rows:    {escape(str(output / 'rows.jsonl'))}", soft_wrap=True)
 
 
+# -- verify ---------------------------------------------------------------------------------------
+
+@main.command("verify")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--verifier", "verifier", multiple=True, type=click.Choice(["exact", "number", "choice", "math"]),
+              help="The rungs to check with, in order (repeat the flag). Default: exact, number, choice, math.")
+@click.option("--apply", is_flag=True, help="Rewrite rows.jsonl and rejected.jsonl with the new verdicts.")
+def verify_command(run: Path, verifier: tuple[str, ...], apply: bool) -> None:
+    """Check every stored sample of RUN again, from its journal: no model is called. Lists the verdicts
+    that flipped; with --apply, rows whose answer no longer verifies are marked verified: false."""
+    from synthtrace.export.reverify import DEFAULT, reverify
+
+    try:
+        r = _run_async(reverify(run, verifier or DEFAULT, apply=apply))
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    table = _table(title=f"verdicts that flipped: {len(r.flips):,} of {r.samples:,} samples")
+    for col in ("where", "record", "sample", "before", "after", "rung", "why"):
+        table.add_column(col)
+    for f in r.flips[:50]:
+        table.add_row(f.where, escape(f.record), str(f.sample), f.before, f.after.verdict.value, f.after.rung,
+                      escape(f.after.reason[:60]))
+    out.print(table)
+    counts = ", ".join(f"{n:,} {v}" for v, n in r.by_verdict.most_common())
+    out.print(f"{r.samples:,} samples checked again ({counts or 'none'}); {r.missing:,} no longer in the journal",
+              soft_wrap=True)
+    if r.flips:
+        verb = "marked" if apply else "would be marked"
+        out.print(f"{r.unverified_rows:,} row(s) {verb} verified: false" +
+                  ("" if apply else " — run with --apply to rewrite the rows"), soft_wrap=True)
+    if r.rescued:
+        out.print(f"{len(r.rescued):,} rejected record(s) now have a verified sample ({escape(', '.join(r.rescued[:5]))}"
+                  f"{' …' if len(r.rescued) > 5 else ''}): run them again to make rows", soft_wrap=True)
+
+
 # -- batches --------------------------------------------------------------------------------------
 
 @main.group("batch")

@@ -22,6 +22,7 @@ BUILTIN_RECIPES = {
     "completions": "synthtrace.recipes.completions:CompletionsRecipe",
     "medec": "synthtrace.recipes.medec.recipe:MedecRecipe",
     "science": "synthtrace.recipes.science.recipe:ScienceRecipe",
+    "math": "synthtrace.recipes.math_recipe:MathRecipe",
 }
 class NotRegistered(LookupError):
     """A name no built-in and no installed plugin provides."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from synthtrace.quality.similarity import containment, novel_token_recall, rouge1_f
 from synthtrace.recipes.medec.data import MedecCase
+from synthtrace.verify import Verdict
+from synthtrace.verify import Verification as Checked
 
 DEFAULT_MIN_SIMILARITY = 0.5
 MIN_NOVEL_RECALL = 0.5
@@ -29,8 +31,16 @@ class Verification:
     correction_novel_recall: float | None = None
     problem: str | None = None
 
+    @property
+    def verdict(self) -> Checked:
+        """The same check as the typed verdict every verifier gives (`synthtrace.verify`)."""
+        if self.verified:
+            return Checked(Verdict.CORRECT, "matches the ground truth", "medec")
+        return Checked(Verdict.INCORRECT, self.problem or "does not match the ground truth", "medec")
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+        fields = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+        return {**fields, "verdict": self.verdict.verdict.value, "rung": "medec"}
 
 
 def sentence_matches(predicted: int, case: MedecCase) -> bool:
