@@ -372,3 +372,32 @@ def test_the_report_shows_what_an_export_removed_and_the_evidence(page, medec_ru
     first = json.loads(removed.read_text().splitlines()[0])
     assert first["evidence"]["ngram"] in text
     assert watch.errors == []
+
+
+@browser_only
+def test_the_viewer_shows_a_math_runs_verdicts_rungs_and_pass_rates(page, serve, shots, tmp_path):
+    from test_math import PROBLEMS, script
+
+    with FakeProvider() as fp:
+        script(fp)
+        inp = tmp_path / "problems.jsonl"
+        inp.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+        run_cli(tmp_path, "run", "math", "-i", inp, "-o", tmp_path / "run", "--config",
+                make_config(tmp_path / "cfg.yaml", fp), "-q", "--k", 2, "--budget", 6)
+    watch = Watch(page)
+    page.goto(serve(tmp_path / "run").url)
+    page.wait_for_selector("[data-testid=row]")
+    page.fill("[data-testid=search]", "Simplify")
+    expect(page.get_by_test_id("total")).to_have_text("2")
+    page.click("[data-testid=row] >> nth=0")
+    page.wait_for_selector("[data-testid=verdict]")
+    verdicts = " ".join(page.locator("[data-testid=verdict]").all_inner_texts()).lower()
+    assert "verification" in verdicts and "correct" in verdicts and "number" in verdicts  # verdict and rung
+    assert "pass_rate" in verdicts and "incorrect" in verdicts  # every sample's verdict, and the pass rate
+    page.screenshot(path=str(shots / "viewer-math.png"))
+    page.fill("[data-testid=search]", "")
+    page.click("[data-testid=kind-rejected]")
+    page.click("[data-testid=row] >> nth=0")
+    page.wait_for_selector("[data-testid=reason-text]")
+    assert "no verified answer in 6 samples" in page.inner_text("[data-testid=reason-text]")
+    assert watch.only_local() and watch.errors == []
