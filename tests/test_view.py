@@ -401,3 +401,14 @@ def test_the_viewer_shows_a_math_runs_verdicts_rungs_and_pass_rates(page, serve,
     page.wait_for_selector("[data-testid=reason-text]")
     assert "no verified answer in 6 samples" in page.inner_text("[data-testid=reason-text]")
     assert watch.only_local() and watch.errors == []
+
+    report = tmp_path / "report.html"
+    run_cli(tmp_path, "report", tmp_path / "run", "--out", report)
+    page.goto(report.as_uri())
+    page.wait_for_selector("[data-testid=sample]")
+    page.click("[data-testid=sample] >> nth=0")
+    shown = page.inner_text("body")
+    assert "sampling.pass_rate" in shown  # its distribution over the problems
+    tables = " ".join(page.locator("[data-testid=sample-verdict]").all_inner_texts())
+    assert "rung" in tables and "pass_rate" in tables and "correct" in tables
+    assert watch.errors == []

@@ -27,7 +27,8 @@ from synthtrace.view.index import RunIndex
 STATIC = Path(__file__).with_name("static")
 SCRIPTS = ("vendor/htm-preact.umd.js", "vendor/uPlot.iife.min.js", "render.js", "report.js")
 STYLES = ("vendor/uPlot.min.css", "style.css")
-SCORE_PREFIXES = ("quality.", "answer_grades.", "judge.", "grades.", "scores.", "verification.", "metadata.")
+SCORE_PREFIXES = ("quality.", "answer_grades.", "judge.", "grades.", "scores.", "verification.", "sampling.",
+                  "metadata.")
 TIME_BUCKETS = 60
 
 

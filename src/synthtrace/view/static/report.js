@@ -38,7 +38,9 @@
       ${s ? html`<h4>source</h4><${Source} text=${at(d, s)} marks=${marks} />` : ""}
       ${q ? html`<h4>question</h4><${Messages} value=${Array.isArray(at(d, q)) ? at(d, q) : [{ role: "user", content: at(d, q) }]} />` : ""}
       ${t ? html`<h4>trace</h4><${Trace} text=${at(d, t)} />` : ""}
-      ${a ? html`<h4>answer</h4><pre class="text">${fmt(at(d, a))}</pre>` : ""}</details>`;
+      ${a ? html`<h4>answer</h4><pre class="text">${fmt(at(d, a))}</pre>` : ""}
+      ${((view.declared && view.declared.verdicts) || []).filter((p) => at(d, p) !== undefined).map((p) =>
+        html`<h4>${p}</h4><div data-testid="sample-verdict"><${Table} value=${at(d, p)} /></div>`)}</details>`;
   }
 
   function Report() {
