@@ -124,3 +124,39 @@ def test_a_thousand_checks_from_32_tasks_in_one_loop_give_no_false_timeout():
         rung.close()
     assert len(results) == 1000
     assert [r.verdict for r in results if r.verdict is not Verdict.CORRECT] == []
+
+
+def test_the_judge_counts_only_what_both_orders_agree_on_and_a_failure_is_an_error(fp, tmp_path):
+    from synthtrace.config import Config, Endpoint, Limits
+    from synthtrace.engine.gateway import Gateway, RecordLLM
+    from synthtrace.engine.journal import Journal
+    from synthtrace.testing import Fault
+    from synthtrace.verify import JudgeRung
+
+    fp.script("Answer 1:\n42 apples", {"json": {"same": True, "why": "both say 42"}}, repeat_last=True)
+    fp.script("Answer 1:\nforty-two", {"json": {"same": True, "why": "the same number"}}, repeat_last=True)
+    fp.script("Answer 1:\n41", {"json": {"same": False, "why": "41 is not 42"}}, repeat_last=True)
+    fp.script("Answer 1:\n42\n\nAnswer 2:\n41", {"json": {"same": False, "why": "42 is not 41"}}, repeat_last=True)
+    fp.script("Answer 1:\nseven", {"json": {"same": True, "why": "looks alike"}}, repeat_last=True)
+    fp.script("Answer 1:\n7", {"json": {"same": False, "why": "7 is not seven?"}}, repeat_last=True)
+    fp.script("Answer 1:\nbroken", Fault.status(400), repeat_last=True)
+
+    async def main():
+        journal = Journal(tmp_path / "j.db")
+        cfg = Config(endpoints={"fake": Endpoint(base_url=fp.openai_base, timeout=5)}, default_endpoint="fake",
+                     default_model="fake", limits=Limits(max_retries=0))
+        gateway = Gateway(cfg, journal, default_model="fake")
+        judge = JudgeRung(RecordLLM(gateway))
+        try:
+            return [await judge.check(a, r) for a, r in
+                    (("42 apples", "forty-two"), ("41", "42"), ("seven", "7"), ("broken", "3"))]
+        finally:
+            await gateway.aclose()
+            journal.close()
+
+    agree, differ, split, failed = asyncio.run(main())
+    assert agree.verdict is Verdict.CORRECT and agree.rung == "judge"
+    assert differ is not None and differ.verdict is Verdict.INCORRECT
+    assert split is None  # the two orders disagree: not counted either way
+    assert failed.verdict is Verdict.ERROR and "the judge failed" in failed.reason
+    assert sum(1 for r in fp.requests if "Answer 1:\nforty-two" in r.prompt) == 1  # asked in the other order too
