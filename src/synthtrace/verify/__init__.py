@@ -13,13 +13,14 @@ error is never reported as `incorrect`. `sample_until` draws answers until enoug
 
 from __future__ import annotations
 
+from synthtrace.verify.code import CodeRung
 from synthtrace.verify.judge import JudgeRung
 from synthtrace.verify.math import MathRung
 from synthtrace.verify.rules import ChoiceRung, ExactRung, NumberRung, boxed, final_span, parse_number
 from synthtrace.verify.sampling import Sample, Samples, sample_until
 from synthtrace.verify.verdict import Ladder, Rung, Verdict, Verification
 
-__all__ = ["ChoiceRung", "ExactRung", "JudgeRung", "Ladder", "MathRung", "NumberRung", "Rung", "Sample", "Samples",
+__all__ = ["ChoiceRung", "CodeRung", "ExactRung", "JudgeRung", "Ladder", "MathRung", "NumberRung", "Rung", "Sample", "Samples",
            "Verdict", "Verification", "boxed", "default_ladder", "final_span", "parse_number", "sample_until"]
 
 
