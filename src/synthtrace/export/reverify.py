@@ -21,10 +21,9 @@ import orjson
 
 from synthtrace.engine.journal import Journal
 from synthtrace.engine.store import JOURNAL, REJECTED, ROWS, write_atomic
-from synthtrace.verify import ChoiceRung, ExactRung, Ladder, MathRung, NumberRung, Verification
+from synthtrace.verify import DEFAULT_RUNGS, Ladder, Verification, ladder_of
 
-RUNGS = {"exact": ExactRung, "number": NumberRung, "choice": ChoiceRung, "math": MathRung}
-DEFAULT = ("exact", "number", "choice", "math")
+DEFAULT = DEFAULT_RUNGS
 
 
 @dataclass
@@ -44,13 +43,6 @@ class Reverified:
     unverified_rows: int = 0  # rows whose own answer no longer verifies
     rescued: list[str] = field(default_factory=list)  # rejected records that now have a verified sample
     by_verdict: Counter[str] = field(default_factory=Counter)
-
-
-def ladder_of(names: list[str] | tuple[str, ...]) -> Ladder:
-    unknown = [n for n in names if n not in RUNGS]
-    if unknown:
-        raise ValueError(f"unknown verifier {unknown[0]!r} (known: {', '.join(RUNGS)})")
-    return Ladder([RUNGS[n]() for n in names])
 
 
 async def reverify(run: Path, verifier: list[str] | tuple[str, ...] = DEFAULT, apply: bool = False) -> Reverified:

@@ -23,12 +23,10 @@ from synthtrace.inputs import BadInput, Record, read_table, record_id
 from synthtrace.options import option
 from synthtrace.recipe import LLM, ChatExample, Recipe, ViewFields
 from synthtrace.types import Rejected, Reply
-from synthtrace.verify import ChoiceRung, ExactRung, Ladder, MathRung, NumberRung, Verification, boxed, sample_until
+from synthtrace.verify import Verification, boxed, ladder_of, sample_until
 
 SYSTEM = "Solve the problem step by step. Put the final answer alone in \\boxed{} on the last line."
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
-RUNGS = {"exact": ExactRung, "number": NumberRung, "choice": ChoiceRung, "math": MathRung}
-
 
 def reference_of(data: dict[str, Any]) -> str | None:
     """The reference answer of a problem, from the fields GSM8K and MATH use."""
@@ -43,11 +41,6 @@ def reference_of(data: dict[str, Any]) -> str | None:
         inner = boxed(solution)
         return inner.strip() if inner else None
     return None
-
-
-def verifier(names: list[str]) -> Ladder:
-    """The ladder of the rungs named (in the order given)."""
-    return Ladder([RUNGS[n]() for n in names])
 
 
 class MathRecipe(Recipe):
@@ -70,7 +63,7 @@ class MathRecipe(Recipe):
 
     def __init__(self, options: Any = None, /, **values: Any):
         super().__init__(options, **values)
-        self.ladder = verifier(list(self.options.verifier))
+        self.ladder = ladder_of(list(self.options.verifier))
 
     def records(self, path: Path) -> Iterator[Record | BadInput]:
         return read_table(path, _build_record)

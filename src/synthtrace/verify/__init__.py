@@ -21,7 +21,19 @@ from synthtrace.verify.sampling import Sample, Samples, sample_until
 from synthtrace.verify.verdict import Ladder, Rung, Verdict, Verification
 
 __all__ = ["ChoiceRung", "CodeRung", "ExactRung", "JudgeRung", "Ladder", "MathRung", "NumberRung", "Rung", "Sample", "Samples",
-           "Verdict", "Verification", "boxed", "default_ladder", "final_span", "parse_number", "sample_until"]
+           "Verdict", "Verification", "RUNGS", "DEFAULT_RUNGS", "boxed", "default_ladder", "ladder_of", "final_span", "parse_number", "sample_until"]
+
+
+RUNGS = {"exact": ExactRung, "number": NumberRung, "choice": ChoiceRung, "math": MathRung}  # by name, no arguments
+DEFAULT_RUNGS = ("exact", "number", "choice", "math")
+
+
+def ladder_of(names: list[str] | tuple[str, ...]) -> Ladder:
+    """The ladder of the rungs named, in the order given (`--verifier` flags)."""
+    unknown = [n for n in names if n not in RUNGS]
+    if unknown:
+        raise ValueError(f"unknown verifier {unknown[0]!r} (known: {', '.join(RUNGS)})")
+    return Ladder([RUNGS[n]() for n in names])
 
 
 def default_ladder(time_limit_s: float = 5.0) -> Ladder:
