@@ -352,10 +352,79 @@ def recipes_command() -> None:
 
 # -- eval -----------------------------------------------------------------------------------------
 
+class EvalGroup(LazyGroup):
+    """`eval medec` and other benchmarks by name; any other name is a recipe that can be evaluated."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        return command if command is not None else _recipe_eval_command(name)
+
+
 # A benchmark is a recipe (its flags built like `run`'s) plus its scoring.
-@main.group("eval", cls=LazyGroup)
+@main.group("eval", cls=EvalGroup)
 def eval_group() -> None:
-    """Evaluate a model on a benchmark, through the engine (re-run the same command to resume)."""
+    """Evaluate a model on a benchmark, or on held-out items of any recipe that verifies
+    (`synthtrace eval math -i HELDOUT -o OUT --model M`), through the engine (re-run to resume)."""
+
+
+def _recipe_eval_command(name: str) -> click.Command | None:
+    """`synthtrace eval RECIPE`: greedy pass@1 and pass@k with 95 % intervals; --compare another evaluation."""
+    from synthtrace.eval.generic import METRICS, NotEvaluable, compare, evaluation_of, score
+    from synthtrace.recipe import RecipeNotFound, load_recipe
+
+    try:
+        cls = evaluation_of(load_recipe(name))
+    except RecipeNotFound:
+        return None
+    except NotEvaluable as e:
+        raise click.UsageError(str(e)) from None
+
+    def finish(result: Any, settings: Any, compare_with: Path | None) -> None:
+        if result.status == "invalid-input":
+            return
+        m = score(settings.output)
+        table = _table(title=f"{name}: {m['items']:,} items, {m['samples_per_item']} answer(s) each",
+                       title_justify="left")
+        for col in ("", "estimate", "95 % interval"):
+            table.add_column(col, justify="right" if col else "left")
+        for key in [k for k in m if k.startswith("pass@")]:
+            f = m[key]
+            table.add_row(key + (" (greedy)" if key == "pass@1" else ""), f"{f['estimate']:.3f}",
+                          f"{f['low']:.3f} – {f['high']:.3f}")
+        if compare_with is not None:
+            other = orjson_load(compare_with / METRICS)
+            c = compare(other, m)
+            m["compared_with"] = {"run": str(compare_with), **c}
+            d = c["difference"]
+            table.add_section()
+            table.add_row(f"pass@1 minus {escape(str(compare_with))}'s", f"{d['estimate']:+.3f}",
+                          f"{d['low']:+.3f} – {d['high']:+.3f}")
+            table.add_row(f"McNemar exact p ({c['b_only']} better, {c['a_only']} worse of {c['items']})",
+                          f"{c['p_value']:.4f}", "")
+            from synthtrace.engine.store import write_atomic
+
+            write_atomic(settings.output / METRICS, orjson_dumps(m))
+        out.print(table)
+        if m["missing"]:
+            err.print(f"[yellow]{len(m['missing']):,} item(s) without an answer (rejected): counted as wrong[/yellow]")
+        out.print(f"metrics: {escape(str(settings.output / METRICS))}", soft_wrap=True)
+
+    option = click.Option(["--compare", "compare_with"], type=click.Path(exists=True, file_okay=False, path_type=Path),
+                          metavar="OTHER_EVAL", help="An earlier evaluation of the same items: the paired "
+                                                     "difference in pass@1, its interval and McNemar's exact test.")
+    return recipe_command(cls, name, extra=(option,), finish=finish)
+
+
+def orjson_load(path: Path) -> Any:
+    import orjson
+
+    return orjson.loads(path.read_bytes())
+
+
+def orjson_dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2)
 
 
 @eval_group.lazy_command("medec")

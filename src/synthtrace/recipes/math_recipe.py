@@ -13,6 +13,7 @@ difficulty). A problem with no verified answer is rejected with those verdicts.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,17 @@ class MathRecipe(Recipe):
                          "answer": answer, "sample": s.index, "verified": True,
                          "verification": s.verification.as_dict(), "sampling": drawn})
         return rows
+
+    async def evaluate(self, record: Record, llm: LLM) -> list[Verification]:
+        """For `synthtrace eval math`: the greedy answer's verdict, then those of `budget - 1` samples."""
+        o = self.options
+        problem, reference = str(record.data.get("problem") or record.data.get("question")), record.data["reference"]
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem}]
+        replies = await asyncio.gather(
+            llm.chat(messages, temperature=0.0, max_tokens=o.max_tokens),
+            *(llm.chat(messages, sample=i, temperature=o.temperature, max_tokens=o.max_tokens)
+              for i in range(1, o.budget)))
+        return list(await asyncio.gather(*(self.ladder.check(r.text, str(reference)) for r in replies)))
 
     def to_sft(self, row: dict[str, Any]) -> ChatExample:
         return ChatExample(user=row["problem"], answer=row["answer"], reasoning=row["reasoning"], system=SYSTEM)
