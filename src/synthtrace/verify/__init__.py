@@ -8,7 +8,8 @@ Rungs: `ExactRung` (normalised text), `NumberRung` (thousands separators, percen
 units, tolerance), `ChoiceRung` (option letters), `MathRung` (Math-Verify in killable workers,
 `pip install 'synthtrace[verify]'`), `CodeRung` (Python run against tests in a sandbox), `JudgeRung`
 (a model, asked in both orders). A `Ladder` asks them in order until one decides; a timeout or an
-error is never reported as `incorrect`. `sample_until` draws answers until enough are verified.
+error is never reported as `incorrect`. `sample_until` draws answers until enough are verified;
+`verifier_reward` makes a ladder a reward function for TRL's GRPO.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 from synthtrace.verify.code import CodeRung
 from synthtrace.verify.judge import JudgeRung
 from synthtrace.verify.math import MathRung
+from synthtrace.verify.reward import verifier_reward
 from synthtrace.verify.rules import ChoiceRung, ExactRung, NumberRung, boxed, final_span, parse_number
 from synthtrace.verify.sampling import Sample, Samples, sample_until
 from synthtrace.verify.verdict import Ladder, Rung, Verdict, Verification
 
 __all__ = ["ChoiceRung", "CodeRung", "ExactRung", "JudgeRung", "Ladder", "MathRung", "NumberRung", "Rung", "Sample", "Samples",
-           "Verdict", "Verification", "RUNGS", "DEFAULT_RUNGS", "boxed", "default_ladder", "ladder_of", "final_span", "parse_number", "sample_until"]
+           "Verdict", "Verification", "RUNGS", "DEFAULT_RUNGS", "boxed", "default_ladder", "ladder_of", "verifier_reward", "final_span", "parse_number", "sample_until"]
 
 
 RUNGS = {"exact": ExactRung, "number": NumberRung, "choice": ChoiceRung, "math": MathRung}  # by name, no arguments
