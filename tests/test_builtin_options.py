@@ -145,7 +145,8 @@ def test_export_and_train_flags_are_their_options_fields(cli, tmp_path, names, c
         elif default in (None, []):
             assert "[default:" not in help_text
         else:
-            text = ",".join(default) if isinstance(default, tuple) else str(default)
+            text = (",".join(default) if isinstance(default, tuple)
+                    else f"({', '.join(default)})" if isinstance(default, list) else str(default))
             assert f"[default: {text}" in help_text, (f.name, help_text)
 
     # Given no flags, the command builds the dataclass's defaults.

@@ -59,3 +59,22 @@ def test_the_reward_is_none_when_the_check_itself_fails_and_0_for_a_wrong_or_emp
     assert scores == [1.0, 0.0, 0.0, 1.0]
     with pytest.raises(KeyError, match="reference"):
         verifier_reward()(["4"], answer=["4"])
+
+
+def test_train_method_grpo_runs_steps_logs_the_verifier_reward_and_names_bad_lines(tmp_path: Path, cli):
+    base = build_tiny_model(tmp_path / "base", [p for p, _ in PROBLEMS] + ["\\boxed{4} \\boxed{7} \\boxed{3}"])
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(f'{{"question": "{p}", "answer": "#### {r}"}}\n' for p, r in PROBLEMS))
+    done = cli("train", "--method", "grpo", "--data", data, "--base", base, "-o", tmp_path / "out",
+               "--max-steps", 2, "--batch-size", 2, "--grad-accum", 1, "--generations", 2,
+               "--max-completion-length", 8, "--no-gradient-checkpointing", "--verifier", "number",
+               "--logging-steps", 1)
+    assert done.exit_code == 0, done.output
+    assert "verifier reward" in done.output and (tmp_path / "out" / "adapter_config.json").exists()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "What is 1 + 1?"}\nnot json\n')
+    refused = cli("train", "--method", "grpo", "--data", bad, "--base", base, "-o", tmp_path / "out2")
+    assert refused.exit_code == 1
+    assert f"{bad}:1: needs a `problem` or `question` and a reference answer" in refused.output
+    assert f"{bad}:2: not JSON" in refused.output

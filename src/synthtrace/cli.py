@@ -745,7 +745,8 @@ def report_command(run: Path, target: Path, sample: int, removed: tuple[Path, ..
 
 @main.lazy_command("train")
 def _train_command() -> click.Command:
-    """LoRA fine-tuning (TRL SFTTrainer + PEFT) on exported SFT data; loss on the assistant turn only."""
+    """LoRA fine-tuning: TRL's SFTTrainer on exported SFT data (loss on the assistant turn only), or with
+    --method grpo TRL's GRPO on problems with references, the verifier as reward."""
     from synthtrace.train.lora import TrainError, TrainOptions, train
     from synthtrace.train.sft import TrainDataError
 
@@ -774,6 +775,9 @@ def _print_train(result: Any) -> None:
         table.add_row("training loss", f"{first:.4f} → {last:.4f}")
     if result.eval_loss is not None:
         table.add_row("evaluation loss", f"{result.eval_loss:.4f}")
+    if result.rewards:
+        (_, first), (_, last) = result.rewards[0], result.rewards[-1]
+        table.add_row("verifier reward", f"{first:.3f} → {last:.3f} (mean per step)")
     table.add_row("elapsed", f"{result.runtime_s:.1f} s")
     out.print(table)
     for w in result.warnings:

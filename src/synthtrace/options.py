@@ -108,7 +108,9 @@ class Spec:
         elif self.is_flag:
             kwargs.update(is_flag=True, default=bool(self.default))
         elif self.multiple:
-            kwargs.update(multiple=True, type=self.type, default=tuple(self.default or ()))
+            default = tuple(self.default or ())
+            kwargs.update(multiple=True, type=self.type, default=default,
+                          show_default=", ".join(map(str, default)) if default else False)
         elif self.required:
             kwargs["type"] = self.type
         elif self.bare is not None:

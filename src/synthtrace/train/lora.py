@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from synthtrace.options import option
 from synthtrace.train import LORA_TARGETS
@@ -48,7 +48,8 @@ class TrainError(Exception):
 class TrainOptions:
     """The options of `synthtrace train` (its flags come from these fields)."""
 
-    data: Path = option(help="Training file from `synthtrace export sft` (qwen3, messages or chatml format).",
+    data: Path = option(help="Training file from `synthtrace export sft` (qwen3, messages or chatml format); "
+                             "for --method grpo, problems with reference answers (the math recipe's input).",
                         exists=True)
     base: str = option(help="Base model: a directory with weights and tokenizer (or a hub id), a GGUF file, or "
                             "`local`: the embedded model (its weights are read into OUTPUT/base first).")
@@ -78,6 +79,12 @@ class TrainOptions:
     merge: bool = option(False, "Also write the merged full weights + tokenizer to OUTPUT/merged (for vLLM).")
     resume: bool = option(True, "Continue from the newest checkpoint in OUTPUT; --no-resume deletes them and starts "
                                 "over.")
+    method: Literal["sft", "grpo"] = option("sft", "sft: supervised, on exported traces; grpo: reinforcement on "
+                                                   "problems with references, the verifier as reward.")
+    generations: int = option(8, "grpo: answers sampled per problem at each step.", min=2)
+    max_completion_length: int = option(512, "grpo: tokens of each sampled answer.", min=8)
+    verifier: list[Literal["exact", "number", "choice", "math"]] = option(
+        ["exact", "number", "choice", "math"], "grpo: the verifier's rungs, in order (repeat the flag).")
 
 
 @dataclass(slots=True)
@@ -91,6 +98,7 @@ class TrainResult:
     truncated: int = 0
     dropped: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, logged training loss)
+    rewards: list[tuple[int, float]] = field(default_factory=list)  # (step, mean verifier reward): GRPO
     eval_loss: float | None = None
     resumed_from: str | None = None
     merged: Path | None = None
@@ -104,6 +112,10 @@ def train(opts: TrainOptions, callbacks: list[Any] | None = None) -> TrainResult
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
     opts.base = trainable_base(opts.base, opts.output / BASE_DIR)
+    if opts.method == "grpo":
+        from synthtrace.train.grpo import train_grpo
+
+        return train_grpo(opts, callbacks)
     device, dtype = _device(opts.bf16)
     tokenizer = _load_tokenizer(opts.base)
     train_set = encode(load_examples(opts.data, tokenizer), tokenizer, opts.max_length)
