@@ -369,7 +369,7 @@ def eval_group() -> None:
 
 def _recipe_eval_command(name: str) -> click.Command | None:
     """`synthtrace eval RECIPE`: greedy pass@1 and pass@k with 95 % intervals; --compare another evaluation."""
-    from synthtrace.eval.generic import METRICS, NotEvaluable, compare, evaluation_of, score
+    from synthtrace.eval.generic import METRICS, NotEvaluable, evaluation_of, score
     from synthtrace.recipe import RecipeNotFound, load_recipe
 
     try:
@@ -382,7 +382,7 @@ def _recipe_eval_command(name: str) -> click.Command | None:
     def finish(result: Any, settings: Any, compare_with: Path | None) -> None:
         if result.status == "invalid-input":
             return
-        m = score(settings.output)
+        m = score(settings.output, compare_with)
         table = _table(title=f"{name}: {m['items']:,} items, {m['samples_per_item']} answer(s) each",
                        title_justify="left")
         for col in ("", "estimate", "95 % interval"):
@@ -392,18 +392,13 @@ def _recipe_eval_command(name: str) -> click.Command | None:
             table.add_row(key + (" (greedy)" if key == "pass@1" else ""), f"{f['estimate']:.3f}",
                           f"{f['low']:.3f} – {f['high']:.3f}")
         if compare_with is not None:
-            other = orjson_load(compare_with / METRICS)
-            c = compare(other, m)
-            m["compared_with"] = {"run": str(compare_with), **c}
+            c = m["compared_with"]
             d = c["difference"]
             table.add_section()
             table.add_row(f"pass@1 minus {escape(str(compare_with))}'s", f"{d['estimate']:+.3f}",
                           f"{d['low']:+.3f} – {d['high']:+.3f}")
             table.add_row(f"McNemar exact p ({c['b_only']} better, {c['a_only']} worse of {c['items']})",
                           f"{c['p_value']:.4f}", "")
-            from synthtrace.engine.store import write_atomic
-
-            write_atomic(settings.output / METRICS, orjson_dumps(m))
         out.print(table)
         if m["missing"]:
             err.print(f"[yellow]{len(m['missing']):,} item(s) without an answer (rejected): counted as wrong[/yellow]")
@@ -413,18 +408,6 @@ def _recipe_eval_command(name: str) -> click.Command | None:
                           metavar="OTHER_EVAL", help="An earlier evaluation of the same items: the paired "
                                                      "difference in pass@1, its interval and McNemar's exact test.")
     return recipe_command(cls, name, extra=(option,), finish=finish)
-
-
-def orjson_load(path: Path) -> Any:
-    import orjson
-
-    return orjson.loads(path.read_bytes())
-
-
-def orjson_dumps(value: Any) -> bytes:
-    import orjson
-
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2)
 
 
 @eval_group.lazy_command("medec")

@@ -17,7 +17,7 @@ import orjson
 
 from synthtrace.engine.store import REJECTED, ROWS, write_atomic
 from synthtrace.eval.stats import mean_interval, paired, pass_at_k, wilson
-from synthtrace.inputs import Record
+from synthtrace.inputs import BadInput, Record, read_jsonl
 from synthtrace.recipe import LLM, Recipe
 
 METRICS = "metrics.json"
@@ -44,8 +44,9 @@ def evaluation_of(cls: type[Recipe]) -> type[Recipe]:
     return Evaluation
 
 
-def score(run: Path) -> dict[str, Any]:
-    """The figures of evaluation run dir `run` (and they are written to its metrics.json)."""
+def score(run: Path, compare_with: Path | None = None) -> dict[str, Any]:
+    """The figures of evaluation run dir `run`, and with `compare_with` (an earlier evaluation's run
+    dir) the paired comparison; they are written to its metrics.json."""
     items: dict[str, list[bool]] = {}
     for line in _lines(run / ROWS):
         items[str(line["id"])] = [v.get("verdict") == "correct" for v in line.get("verdicts") or []]
@@ -60,6 +61,9 @@ def score(run: Path) -> dict[str, Any]:
         per_item = [pass_at_k(n, sum(v[:n]), n) if v else 0.0 for v in items.values()]
         out[f"pass@{n}"] = mean_interval(per_item).as_dict()
     out["per_item"] = {k: [bool(x) for x in v] for k, v in items.items()}
+    if compare_with is not None:
+        base = orjson.loads((compare_with / METRICS).read_bytes())
+        out["compared_with"] = {"run": str(compare_with), **compare(base, out)}
     write_atomic(run / METRICS, orjson.dumps(out, option=orjson.OPT_INDENT_2))
     return out
 
@@ -73,6 +77,7 @@ def compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
+    """The readable lines of a run file (none when it does not exist)."""
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    return [item[1] for item in read_jsonl(path) if not isinstance(item, BadInput)]
