@@ -28,6 +28,9 @@ def check(rung, answer, reference):
     ("x = -2", "-2", Verdict.CORRECT),
     ("1.2 \\times 10^{3}", "1200", Verdict.CORRECT),
     ("I cannot say.", "4", Verdict.UNPARSEABLE_ANSWER),
+    ("So, indeed, 17 + 8 equals 25.", "25", Verdict.CORRECT),  # the result a working line ends on
+    ("The total is 12 + 9 = 21 stickers.", "21", Verdict.CORRECT),
+    ("12 + 9 = 20", "21", Verdict.INCORRECT),
 ])
 def test_the_number_rung_reads_numbers_as_people_write_them(answer, reference, verdict):
     assert check(NumberRung(), answer, reference).verdict is verdict
@@ -35,6 +38,8 @@ def test_the_number_rung_reads_numbers_as_people_write_them(answer, reference, v
 
 def test_rungs_abstain_on_references_they_do_not_understand():
     assert check(NumberRung(), "x^2", "x^2 - 1") is None
+    assert check(NumberRung(), "There are 3 birds and 5 cats", "8") is None  # several numbers, no result
+    assert check(NumberRung(), "x = 3 or x = 5", "5") is None  # a hedge states no one result
     assert check(ChoiceRung(), "The answer is B", "12") is None
     assert check(ExactRung(), "no", "yes") is None  # different text is not proof of a wrong answer
     assert check(MathRung(), "1", {"tests": "assert True"}) is None

@@ -77,6 +77,9 @@ _PLAIN = re.compile(r"^(" + _NUMBER + r")$")
 _UNIT_WORDS = r"(?:[a-zA-Z][a-zA-Z ]*|°[CF]?|\\(?:circ|%)|%)?"
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|usd|eur|gbp)\s*", re.IGNORECASE)
 _ANY_NUMBER = re.compile(_NUMBER + r"(?:\s*(?:\\%|%))?")
+# A span's last number, when it follows `=`, "equals" or "is" and ends the span (a unit word or a full
+# stop may follow): the result it states.
+_STATED_RESULT = re.compile(r"(?:=|\bequals\b|\bis\b)\s*(" + _NUMBER + r"(?:\s*%)?)\s*[a-z]*\W*$")
 
 
 class Number:
@@ -150,8 +153,13 @@ class NumberRung:
             if not numbers:
                 return Verification(Verdict.UNPARSEABLE_ANSWER, f"no number in {span[:80]!r}", self.name,
                                     time.perf_counter() - started)
-            if len(numbers) > 1 or re.search(r"[\\^_{}]", plain):
-                return None  # several numbers, or LaTeX: not for this rung to say
+            if re.search(r"[\\^_{}]", plain):
+                return None  # LaTeX: not for this rung to say
+            if len(numbers) > 1:  # "17 + 8 = 25", "so 17 + 8 equals 25": the number it ends on as a result
+                stated = _STATED_RESULT.search(plain)
+                if stated is None or re.search(r"\b(?:or|either)\b", plain):
+                    return None  # several numbers and no one result stated
+                numbers = [stated.group(1)]
             got = parse_number(numbers[0])
             if got is None:
                 return None
