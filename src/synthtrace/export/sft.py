@@ -54,11 +54,12 @@ class RowOptions:
     include_hinted: bool = option(True, "Keep rows written with the reference given (hinted: true).")
     recipe: str | None = option(None, "The recipe of the rows (a name, package.module:Class or file.py[:Class]), "
                                       "when the run's manifest cannot say (its recipe file moved).", metavar="REF")
-    # Cleaning (`synthtrace.quality`): removed examples go to NAME.removed.jsonl with their evidence
-    # instead of the training files.
+    # Cleaning (`synthtrace.quality`): removed examples go with their evidence to NAME.removed.jsonl
+    # (export sft) or DIR/removed.jsonl (export hf) instead of the training files.
     decontaminate_against: list[Path] = option(
         [], "Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): examples that share a word n-gram "
-            "with one of its items go to NAME.removed.jsonl with the n-gram. Repeatable.",
+            "with one of its items are removed, each kept with the n-gram in the removed file (NAME.removed.jsonl; "
+            "export hf: DIR/removed.jsonl). Repeatable.",
         exists=True, path="any", metavar="FILE")
     eval_fields: list[str] = option([], "A text field of the evaluation sets (default: detected). Repeatable.",
                                     flags=("--eval-field",), metavar="NAME")
