@@ -4,7 +4,7 @@
     synthtrace recipes
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
-    synthtrace export hf RUN --out DIR --license ID
+    synthtrace export hf RUN --out DIR --license ID   ·   synthtrace push DIR OWNER/NAME [--private]
     synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
     synthtrace merge RUN … -o OUT   ·   synthtrace view RUN [RUN …]   ·   synthtrace report RUN --out report.html
     synthtrace cache stats|prune …
@@ -604,6 +604,31 @@ def _print_export(result: Any) -> None:
     out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
     if result.val_path is not None:
         out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
+
+
+# -- push -----------------------------------------------------------------------------------------
+
+@main.command("push")
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo_id", metavar="REPO")
+@click.option("--private", is_flag=True, help="Create the repo private (a repo that exists keeps its visibility).")
+def push_command(directory: Path, repo_id: str, private: bool) -> None:
+    """Publish DIR (written by `export hf`) to the Hugging Face Hub as dataset REPO (OWNER/NAME).
+
+    The card already on the Hub is merged, not overwritten: what was added to it there stays. The token
+    comes from HF_TOKEN in the environment (or `hf auth login`), read by huggingface_hub; it is never
+    written anywhere.
+    """
+    from synthtrace.export.push import ExportError, push
+
+    try:
+        r = push(directory, repo_id, private=private)
+    except ExportError as e:  # PushError, or huggingface_hub not installed
+        raise click.ClickException(str(e)) from None
+    note = " (merged with the card already there)" if r.merged_with_hub_card else ""
+    out.print(f"pushed {r.files:,} file(s) to {escape(r.url)}{note}", soft_wrap=True)
+    if r.commit_url:
+        out.print(f"commit: {escape(r.commit_url)}", soft_wrap=True)
 
 
 # -- merge ----------------------------------------------------------------------------------------
