@@ -235,6 +235,7 @@ def test_cleaning_removes_with_evidence_and_the_card_says_how_many(run, cli, tmp
     assert table_value(body, "rows removed by cleaning") == 3 and table_value(body, "rows exported") == 3
     assert "| cleaning | near-duplicate question | 3 |" in body
     assert "3 rows removed (3 near-duplicate question), each in `removed.jsonl` with its evidence" in body
+    assert "synthtrace export hf run --out hf --dedup question --license mit\n" in body  # this export, as a command
 
     export(cli, run, out)  # no cleaning asked for: the earlier evidence does not linger; the licence is the card's
     assert not (out / "removed.jsonl").exists()

@@ -112,6 +112,7 @@ class RunFacts:
     manifest_stats: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     command_rebuilt: bool = False
+    export_command: str = ""
     configs: list[ConfigFiles] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     split_of_source: dict[str, str] = field(default_factory=dict)
@@ -345,7 +346,7 @@ def prose(f: RunFacts, location: str) -> str:
     out += _verification(f)
     out += _models(f)
     out += _decontamination(f)
-    out += _reproduce(f, location)
+    out += _reproduce(f)
     out.append(f"## Licence\n\n`{f.license}`, as stated by the publisher of this dataset. The terms of the inputs "
                "and of the models that wrote the text apply as well.\n")
     return "\n".join(out)
@@ -499,9 +500,9 @@ def _decontamination(f: RunFacts) -> list[str]:
     return lines
 
 
-def _reproduce(f: RunFacts, location: str) -> list[str]:
+def _reproduce(f: RunFacts) -> list[str]:
     lines = ["## Reproduce\n", "Local paths are shortened to file names.\n", "```bash", f.command,
-             f"synthtrace export hf {f.run_name} --out {_name(location)} --license {f.license}", "```", ""]
+             f.export_command, "```", ""]
     if f.command_rebuilt:
         lines.append("The run command is rebuilt from the run's manifest (the run was not started from the "
                      "command line).\n")

@@ -28,6 +28,7 @@ export lingers; the card is merged with the one already there (`card.merge`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -437,6 +438,7 @@ def export_hf(run: Path, out: Path, options: HfOptions) -> HfResult:
     facts.spend = spend_of(run / JOURNAL)
     result.facts = facts
     location = str(out) if not out.is_absolute() else out.name  # as typed; never an absolute local path
+    facts.export_command = export_command(facts.run_name, location, options, license)
     generated = C.generate(facts, options.pretty_name, options.language, options.source_datasets, location)
     card_path.write_text(C.merge(existing, generated), encoding="utf-8")
     if not options.source_datasets and not C.source_datasets_of(card_path.read_text(encoding="utf-8")):
@@ -571,7 +573,21 @@ def command_of(manifest: dict[str, Any], recipe: Any) -> tuple[str, bool]:
         parts.append("--batch")
     values = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
     options_cls = getattr(type(recipe), "Options", None) if recipe is not None else None
-    for spec in specs(options_cls) if options_cls is not None else []:
+    if options_cls is not None:
+        parts += flags_of(options_cls, values)
+    return shlex.join(parts), True
+
+
+def export_command(run_name: str, location: str, options: HfOptions, license: str) -> str:
+    """This export as a command: the options that differ from their defaults, paths as file names."""
+    values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)} | {"license": license}
+    return shlex.join(["synthtrace", "export", "hf", run_name, "--out", location, *flags_of(HfOptions, values)])
+
+
+def flags_of(options_cls: type, values: dict[str, Any]) -> list[str]:
+    """The flags that give options class `options_cls` these values (those at their default left out)."""
+    parts: list[str] = []
+    for spec in specs(options_cls):
         value = values.get(spec.name)
         if spec.name not in values or value == spec.default or (isinstance(value, list) and
                                                                  list(value) == list(spec.default or [])):
@@ -583,12 +599,12 @@ def command_of(manifest: dict[str, Any], recipe: Any) -> tuple[str, bool]:
                 parts.append(on if value else off)
         elif spec.multiple:
             for v in value or []:
-                parts += [flag, str(v)]
+                parts += [flag, _short(str(v))]
         elif spec.sep is not None:
             parts += [flag, spec.sep.join(map(str, value or []))]
         elif value is not None:
-            parts += [flag, str(value)]
-    return shlex.join(parts), True
+            parts += [flag, _short(str(value))]
+    return parts
 
 
 def _short(arg: str) -> str:
