@@ -24,6 +24,9 @@ lines is left out (datasets cannot read an empty Parquet file), and the card say
 
 Each export replaces the configs and `removed.jsonl` in DIR whole, so no split or file of an earlier
 export lingers; the card is merged with the one already there (`card.merge`).
+
+`export_hf` runs a `HubExport` in three steps: its checks (nothing is written if one fails), the
+files (`write_files`, a row at a time in `_add_row`), the card (`write_card`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
@@ -311,140 +314,222 @@ def _load_manifest(run: Path) -> dict[str, Any]:
 
 def export_hf(run: Path, out: Path, options: HfOptions) -> HfResult:
     """Write `run`'s exported rows, their metadata, its rejections and a card into `out`."""
-    if not run.is_dir():
-        raise ExportError(f"{run}: export hf takes a run directory (with {ROWS}, {MANIFEST} and {JOURNAL})")
-    rows_path = run / ROWS
-    if not rows_path.is_file():
-        raise ExportError(f"{run} is not a run directory: no {ROWS}")
-    manifest = _load_manifest(run)
-    status = str(manifest.get("status", "unknown"))
-    if status != "complete" and not options.allow_unfinished:
-        raise ExportError(f"{run} did not finish (its manifest says status: {status}): run the same command "
-                          "again to finish it, or pass --allow-unfinished to publish what it has")
-    if out.resolve() == run.resolve():
-        raise ExportError(f"refusing to write the dataset into the run directory itself: {out}")
-    card_path = out / C.CARD
-    existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
-    if existing is not None:
+    export = HubExport(run, out, options)
+    export.write_files()
+    export.write_card()
+    return export.result
+
+
+class HubExport:
+    """One `export hf`, in the order it happens: `__init__` checks the run, the card already in `out`
+    and the licence, and writes nothing; `write_files` streams the rows into the three configs (and
+    `removed.jsonl`) through a temporary folder, then replaces the earlier export's files;
+    `write_card` merges the card from what was counted."""
+
+    def __init__(self, run: Path, out: Path, options: HfOptions):
+        self.run, self.out, self.options = run, out, options
+        self.rows_path = run / ROWS
+        self.manifest = self._checked_manifest()
+        self.status = str(self.manifest.get("status", "unknown"))
+        self.card_path = out / C.CARD
+        self.existing_card = self._readable_card()
+        self.license = self._license()
+        self.pa = _pyarrow()
+        self.cleaner = cleaner_for(options)
+        self.result = HfResult(out, self.rows_path, license=self.license)
+        self.recipes = RunRecipes(self.rows_path, options.recipe, self.result.warnings)
+        self.facts = C.RunFacts(run_name=run.resolve().name, status=self.status, license=self.license)
+        self.rows_per_record: Counter[str] = Counter()  # record id → rows read, for `record_id#k`
+        self.sampled: set[str] = set()  # records whose samples are counted
+        self.tmp = out / TMP  # where the files are written before they replace the earlier export's
+        self.writers = _Writers(self.pa, self.tmp)
+        self.removed_file: BinaryIO | None = None  # removed.jsonl, when cleaning was asked for
+        self.configs: list[C.ConfigFiles] = []
+
+    # -- the checks: all made before anything is written ----------------------------------------
+
+    def _checked_manifest(self) -> dict[str, Any]:
+        run, out = self.run, self.out
+        if not run.is_dir():
+            raise ExportError(f"{run}: export hf takes a run directory (with {ROWS}, {MANIFEST} and {JOURNAL})")
+        if not self.rows_path.is_file():
+            raise ExportError(f"{run} is not a run directory: no {ROWS}")
+        manifest = _load_manifest(run)
+        status = str(manifest.get("status", "unknown"))
+        if status != "complete" and not self.options.allow_unfinished:
+            raise ExportError(f"{run} did not finish (its manifest says status: {status}): run the same command "
+                              "again to finish it, or pass --allow-unfinished to publish what it has")
+        if out.resolve() == run.resolve():
+            raise ExportError(f"refusing to write the dataset into the run directory itself: {out}")
+        return manifest
+
+    def _readable_card(self) -> str | None:
+        """The card already in `out`, which the new one is merged with; refused if it cannot be read."""
+        if not self.card_path.is_file():
+            return None
+        existing = self.card_path.read_text(encoding="utf-8")
         try:
             C.split_card(existing)
         except C.CardError as e:
-            raise ExportError(f"{card_path}: {e}: fix it, or remove it for a new card (nothing was written)") from None
-    license = options.license or (C.license_of(existing) if existing else None)
-    if not license:
-        raise ExportError("no licence given: say under which licence the data may be used, e.g. --license "
-                          "apache-2.0 (a Hub licence id: cc-by-4.0, mit, other…). The terms of your inputs and "
-                          "of the models that wrote the rows limit what you may choose.")
-    pa = _pyarrow()
-    cleaner = cleaner_for(options)
-    result = HfResult(out, rows_path, license=license)
-    recipes = RunRecipes(rows_path, options.recipe, result.warnings)
-    facts = C.RunFacts(run_name=run.resolve().name, status=status, license=license)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / TMP
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    writers = _Writers(pa, tmp)
-    removed_file = open(tmp / REMOVED, "wb") if cleaner is not None else None
-    rows_per_record: Counter[str] = Counter()
-    sampled: set[str] = set()  # records whose samples are counted
-    try:
-        for line, row in readable_rows(rows_path, result):
-            rid = (record_id(_at(row, "provenance.record_id")) or record_id(row.get("id"))
-                   or f"{ROWS}:{line}")
-            row_id = f"{rid}#{rows_per_record[rid]}"
-            rows_per_record[rid] += 1
-            source, source_line = _source_of(row)
-            facts.rows += 1
-            verified = row.get("verified")
-            facts.verified[("verified" if verified is True else "failed" if verified is False
-                            else "not checked")] += 1
-            _count_samples(facts, rid, row, sampled)
-            prov = row.get("provenance") if isinstance(row.get("provenance"), dict) else {}
-            n_calls, pt, ct, usd, models = _calls(prov.get("calls"))
-            prompt_tokens = _int(prov.get("prompt_tokens"))
-            completion_tokens = _int(prov.get("completion_tokens"))
-            cost = _num(prov.get("cost_usd"))
-            tokens = {"calls": n_calls, "prompt_tokens": pt if prompt_tokens is None else prompt_tokens,
-                      "completion_tokens": ct if completion_tokens is None else completion_tokens,
-                      "cost_usd": round(usd if cost is None else cost, 8)}
-            verdicts = _verdicts(row)
-            example = example_of(row, options, recipes)
-            if isinstance(example, str):
-                result.skipped[example] += 1
-                writers.add("rejected", source, {
-                    "id": row_id, "record_id": rid, "stage": "export", "reason": example, "source": _name(source),
-                    "line": source_line, "verdicts": verdicts, **tokens, "details": _json({})})
-                continue
-            if cleaner is not None:
-                removal = cleaner.why(row_id, example)
-                if removal is not None:
-                    result.removed[removal["reason"]] += 1
-                    messages = render(example, "qwen3", with_metadata=False)["messages"]
-                    assert removed_file is not None
-                    removed_file.write(orjson.dumps({"id": row_id, "record_id": rid, "group": example.group,
-                                                     **removal, "example": {"messages": messages}}) + b"\n")
-                    writers.add("rejected", source, {
-                        "id": row_id, "record_id": rid, "stage": "cleaning", "reason": removal["reason"],
-                        "part": removal.get("part"), "source": _name(source), "line": source_line,
-                        "verdicts": verdicts, **tokens,
-                        "details": _json({k: removal.get(k) for k in ("method", "threshold", "evidence")})})
-                    continue
-            writers.add("default", source, {"id": row_id,
-                                            "messages": render(example, "qwen3", with_metadata=False)["messages"]})
-            recipe = recipes.get(str(prov.get("recipe")))
-            writers.add("metadata", source, {
-                "id": row_id, "record_id": rid, "source": _name(source), "source_line": source_line,
-                "models": models, "verdicts": verdicts, **_row_metadata(row, prov, example, recipe), **tokens})
-            facts.exported += 1
-            facts.prompt_versions[(str(prov.get("recipe")), str(prov.get("prompt_version")))] += 1
-        facts.records_with_rows = len(rows_per_record)
-        _read_rejected(run / REJECTED, writers, facts, set(rows_per_record), sampled)
-        writers.close()
-        if removed_file is not None:
-            removed_file.close()
-        if not facts.exported:
-            why = "; ".join(f"{n:,} {reason}" for reason, n in (result.skipped + result.removed).most_common(3))
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise ExportError(f"nothing to export: {result.rows_read:,} row(s) read from {rows_path}"
-                              + (f", none kept ({why})" if why else ""))
-        for config in CONFIGS:  # the earlier export's configs go whole: no stale split is left behind
-            shutil.rmtree(out / config, ignore_errors=True)
-        configs = writers.finish(out)
-        (out / REMOVED).unlink(missing_ok=True)
-        if removed_file is not None:
-            os.replace(tmp / REMOVED, out / REMOVED)
-            result.removed_path = out / REMOVED
-    finally:
-        writers.close(flush=False)
-        if removed_file is not None and not removed_file.closed:
-            removed_file.close()
-        if cleaner is not None:
-            cleaner.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(f"{self.card_path}: {e}: fix it, or remove it for a new card (nothing was written)"
+                              ) from None
+        return existing
 
-    result.splits = {c.name: {s.name: s.lines for s in c.splits} for c in configs}
-    facts.configs = configs
-    facts.sources = list(writers.sources)
-    facts.split_of_source = {s: writers.split_names()[i] for s, i in writers.sources.items()}
-    facts.skipped = result.skipped
-    facts.removed = result.removed
-    facts.cleaning = _cleaning(options) if cleaner is not None else None
-    facts.bad_rows_lines = result.bad_line_count
-    facts.bad_rows_examples = result.bad_lines[:3]
-    _from_manifest(facts, manifest, recipes)
-    facts.spend = spend_of(run / JOURNAL)
-    result.facts = facts
-    location = str(out) if not out.is_absolute() else out.name  # as typed; never an absolute local path
-    facts.export_command = export_command(facts.run_name, location, options, license)
-    generated = C.generate(facts, options.pretty_name, options.language, options.source_datasets, location)
-    card_path.write_text(C.merge(existing, generated), encoding="utf-8")
-    if not options.source_datasets and not C.source_datasets_of(card_path.read_text(encoding="utf-8")):
-        result.warnings.append("the card names no source dataset: --source-dataset ID names the dataset(s) the "
-                               "inputs came from (or add source_datasets to the card)")
-    return result
+    def _license(self) -> str:
+        """--license, else the existing card's: there is no default."""
+        existing = self.existing_card
+        license = self.options.license or (C.license_of(existing) if existing else None)
+        if not license:
+            raise ExportError("no licence given: say under which licence the data may be used, e.g. --license "
+                              "apache-2.0 (a Hub licence id: cc-by-4.0, mit, other…). The terms of your inputs and "
+                              "of the models that wrote the rows limit what you may choose.")
+        return license
+
+    # -- the files: the three configs and removed.jsonl -----------------------------------------
+
+    def write_files(self) -> None:
+        """Stream rows.jsonl and rejected.jsonl into Parquet under a temporary folder, then move the
+        files into `out` in place of the earlier export's. With nothing to export, `out` is left as it
+        was (and removed if this export made it)."""
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.removed_file = open(tmp / REMOVED, "wb") if self.cleaner is not None else None
+        try:
+            for line, row in readable_rows(self.rows_path, self.result):
+                self._add_row(line, row)
+            self.facts.records_with_rows = len(self.rows_per_record)
+            _read_rejected(self.run / REJECTED, self.writers, self.facts, set(self.rows_per_record), self.sampled)
+            self.writers.close()
+            if self.removed_file is not None:
+                self.removed_file.close()
+            if not self.facts.exported:
+                self._nothing_to_export(created)
+            self._replace_files()
+        finally:
+            self.writers.close(flush=False)
+            if self.removed_file is not None and not self.removed_file.closed:
+                self.removed_file.close()
+            if self.cleaner is not None:
+                self.cleaner.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _add_row(self, line: int, row: dict[str, Any]) -> None:
+        """One row of rows.jsonl into `default` and `metadata`, or into `rejected` with why: left out
+        by the row selection (stage `export`) or removed by cleaning (stage `cleaning`)."""
+        rid = record_id(_at(row, "provenance.record_id")) or record_id(row.get("id")) or f"{ROWS}:{line}"
+        row_id = f"{rid}#{self.rows_per_record[rid]}"
+        self.rows_per_record[rid] += 1
+        source, source_line = _source_of(row)
+        self._count_row(rid, row)
+        prov = row.get("provenance") if isinstance(row.get("provenance"), dict) else {}
+        tokens, models = _tokens(prov)
+        verdicts = _verdicts(row)
+        about = {"id": row_id, "record_id": rid, "source": _name(source)}  # what every config's line starts with
+        example = example_of(row, self.options, self.recipes)
+        if isinstance(example, str):
+            self.result.skipped[example] += 1
+            self.writers.add("rejected", source, {
+                **about, "stage": "export", "reason": example, "line": source_line, "verdicts": verdicts, **tokens,
+                "details": _json({})})
+            return
+        removal = self.cleaner.why(row_id, example) if self.cleaner is not None else None
+        if removal is not None:
+            self._remove(source, about, example, removal, {"line": source_line, "verdicts": verdicts, **tokens})
+            return
+        self.writers.add("default", source, {"id": row_id,
+                                             "messages": render(example, "qwen3", with_metadata=False)["messages"]})
+        recipe = self.recipes.get(str(prov.get("recipe")))
+        self.writers.add("metadata", source, {
+            **about, "source_line": source_line, "models": models, "verdicts": verdicts,
+            **_row_metadata(row, prov, example, recipe), **tokens})
+        self.facts.exported += 1
+        self.facts.prompt_versions[(str(prov.get("recipe")), str(prov.get("prompt_version")))] += 1
+
+    def _count_row(self, rid: str, row: dict[str, Any]) -> None:
+        """A row read, for the card's funnel: verified or not, and its record's samples."""
+        self.facts.rows += 1
+        verified = row.get("verified")
+        self.facts.verified[("verified" if verified is True else "failed" if verified is False
+                             else "not checked")] += 1
+        _count_samples(self.facts, rid, row, self.sampled)
+
+    def _remove(self, source: str, about: dict[str, Any], example: Any, removal: dict[str, Any],
+                rest: dict[str, Any]) -> None:
+        """A row cleaning took out: into removed.jsonl with its evidence, and into `rejected`."""
+        self.result.removed[removal["reason"]] += 1
+        messages = render(example, "qwen3", with_metadata=False)["messages"]
+        assert self.removed_file is not None
+        self.removed_file.write(orjson.dumps({"id": about["id"], "record_id": about["record_id"],
+                                              "group": example.group, **removal,
+                                              "example": {"messages": messages}}) + b"\n")
+        self.writers.add("rejected", source, {
+            **about, "stage": "cleaning", "reason": removal["reason"], "part": removal.get("part"), **rest,
+            "details": _json({k: removal.get(k) for k in ("method", "threshold", "evidence")})})
+
+    def _nothing_to_export(self, created: bool) -> NoReturn:
+        result = self.result
+        why = "; ".join(f"{n:,} {reason}" for reason, n in (result.skipped + result.removed).most_common(3))
+        if created:
+            shutil.rmtree(self.out, ignore_errors=True)
+        raise ExportError(f"nothing to export: {result.rows_read:,} row(s) read from {self.rows_path}"
+                          + (f", none kept ({why})" if why else ""))
+
+    def _replace_files(self) -> None:
+        """The earlier export's configs and removed.jsonl go whole: no stale split or file is left behind."""
+        out = self.out
+        for config in CONFIGS:
+            shutil.rmtree(out / config, ignore_errors=True)
+        self.configs = self.writers.finish(out)
+        (out / REMOVED).unlink(missing_ok=True)
+        if self.removed_file is not None:
+            os.replace(self.tmp / REMOVED, out / REMOVED)
+            self.result.removed_path = out / REMOVED
+
+    # -- the card -------------------------------------------------------------------------------
+
+    def write_card(self) -> None:
+        """The card from what was counted, merged with the one already in `out`."""
+        result, facts, options = self.result, self.facts, self.options
+        result.splits = {c.name: {s.name: s.lines for s in c.splits} for c in self.configs}
+        self._finish_facts()
+        result.facts = facts
+        location = str(self.out) if not self.out.is_absolute() else self.out.name  # as typed; never a local path
+        facts.export_command = export_command(facts.run_name, location, options, self.license)
+        generated = C.generate(facts, options.pretty_name, options.language, options.source_datasets, location)
+        self.card_path.write_text(C.merge(self.existing_card, generated), encoding="utf-8")
+        if not options.source_datasets and not C.source_datasets_of(self.card_path.read_text(encoding="utf-8")):
+            result.warnings.append("the card names no source dataset: --source-dataset ID names the dataset(s) the "
+                                   "inputs came from (or add source_datasets to the card)")
+
+    def _finish_facts(self) -> None:
+        """What the card says beyond the rows' counts: the files, the splits' sources, the cleaning,
+        the manifest's and the journal's figures."""
+        facts, result, writers = self.facts, self.result, self.writers
+        facts.configs = self.configs
+        facts.sources = list(writers.sources)
+        facts.split_of_source = {s: writers.split_names()[i] for s, i in writers.sources.items()}
+        facts.skipped = result.skipped
+        facts.removed = result.removed
+        facts.cleaning = _cleaning(self.options) if self.cleaner is not None else None
+        facts.bad_rows_lines = result.bad_line_count
+        facts.bad_rows_examples = result.bad_lines[:3]
+        _from_manifest(facts, self.manifest, self.recipes)
+        facts.spend = spend_of(self.run / JOURNAL)
+
+
+def _tokens(prov: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A row's calls, tokens and $ (the provenance's totals where it has them, else the sum of its
+    calls), and the models it called."""
+    n_calls, pt, ct, usd, models = _calls(prov.get("calls"))
+    prompt_tokens = _int(prov.get("prompt_tokens"))
+    completion_tokens = _int(prov.get("completion_tokens"))
+    cost = _num(prov.get("cost_usd"))
+    return {"calls": n_calls, "prompt_tokens": pt if prompt_tokens is None else prompt_tokens,
+            "completion_tokens": ct if completion_tokens is None else completion_tokens,
+            "cost_usd": round(usd if cost is None else cost, 8)}, models
 
 
 def _row_metadata(row: dict[str, Any], prov: dict[str, Any], example: Any, recipe: Any) -> dict[str, Any]:
