@@ -31,7 +31,8 @@ from synthtrace.testing import FakeProvider
 # Variables that would point synthtrace somewhere else or hand it a real credential.
 SCRUBBED_ENV = ("OPENAI_API_KEY", "SYNTHTRACE_API_KEY", "ANTHROPIC_API_KEY", "ARGO_USER", "OPENAI_BASE_URL",
                 "ARGO_BASE_URL", "ANTHROPIC_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+                "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT")
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ from conftest import read_jsonl
 from test_science import script_stages
 
 from synthtrace.cli import main as cli_main
+from synthtrace.export.hf import HfOptions
 from synthtrace.export.sft import ExportOptions
 from synthtrace.options import build, parse_duration, specs
 from synthtrace.recipe import load_recipe
@@ -121,7 +122,8 @@ def _command(*names: str) -> tuple[click.Command, click.Context]:
     return command, ctx
 
 
-@pytest.mark.parametrize("names, cls", [(("export", "sft"), ExportOptions), (("train",), TrainOptions)])
+@pytest.mark.parametrize("names, cls", [(("export", "sft"), ExportOptions), (("export", "hf"), HfOptions),
+                                        (("train",), TrainOptions)])
 def test_export_and_train_flags_are_their_options_fields(cli, tmp_path, names, cls):
     """Each field is a flag of its command, its default the dataclass's, shown in --help as it is."""
     data = tmp_path / "train.jsonl"

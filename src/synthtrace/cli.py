@@ -4,6 +4,7 @@
     synthtrace recipes
     synthtrace eval medec --input MEDEC.csv --output DIR --model MODEL [common options]
     synthtrace export sft RUN --format qwen3|chatml|messages --out FILE
+    synthtrace export hf RUN --out DIR --license ID   ·   synthtrace push DIR OWNER/NAME [--private]
     synthtrace train --data SFT.jsonl --base MODEL --output DIR [options]
     synthtrace merge RUN … -o OUT   ·   synthtrace view RUN [RUN …]   ·   synthtrace report RUN --out report.html
     synthtrace cache stats|prune …
@@ -520,6 +521,56 @@ def _export_sft_command() -> click.Command:
     return options_command("sft", ExportOptions, action, inspect.getdoc(_export_sft_command), head)
 
 
+@export.lazy_command("hf")
+def _export_hf_command() -> click.Command:
+    """A Hugging Face dataset from RUN (a finished run directory) in DIR: Parquet configs `default` (chat
+    messages, ready to train), `metadata` (verdicts, tokens, $ per row) and `rejected` (with reasons),
+    split by input file, and a card (README.md) that says how the data was made.
+
+    A card already in DIR is merged, not overwritten: fields and text added to it are kept.
+    `synthtrace push DIR REPO` publishes it.
+    """
+    from synthtrace.export.hf import ExportError, HfOptions, export_hf
+
+    def action(options: Any, run_path: Path, out: Path) -> None:
+        try:
+            result = export_hf(run_path, out, options)
+        except ExportError as e:
+            raise click.ClickException(str(e)) from None
+        _print_export_hf(result)
+
+    head = (click.Argument(["run_path"], metavar="RUN", type=EXISTING_PATH),
+            click.Option(["--out", "-o", "out"], required=True, type=click.Path(file_okay=False, path_type=Path),
+                         help="The dataset directory (created; its configs are replaced, its README.md merged)."))
+    return options_command("hf", HfOptions, action, inspect.getdoc(_export_hf_command), head)
+
+
+def _print_export_hf(result: Any) -> None:
+    f = result.facts
+    table = _table(title="export hf", show_header=False, title_justify="left")
+    table.add_row("input records", f"{f.input_records:,}")
+    table.add_row("rows generated", f"{f.rows:,} from {f.records_with_rows:,} records")
+    table.add_row("rows verified", f"{f.verified['verified']:,}")
+    table.add_row("rows exported", f"{f.exported:,}")
+    for config, splits in result.splits.items():
+        table.add_row(f"  {config}", " · ".join(f"{split}: {n:,}" for split, n in splits.items()))
+    table.add_row("rejected in the run", f"{sum(f.rejected.values()):,}")
+    for reason, n in (result.skipped + result.removed).most_common():
+        table.add_row("left out at export", f"{n:,} {escape(reason)}")
+    table.add_row("licence", escape(result.license))
+    out.print(table)
+    for line in result.bad_lines:
+        err.print(f"[yellow]warning: {escape(line)}[/yellow]", soft_wrap=True)
+    if result.bad_line_count > len(result.bad_lines):
+        err.print(f"[yellow]warning: … and {result.bad_line_count - len(result.bad_lines):,} more unreadable "
+                  "lines[/yellow]")
+    for w in result.warnings:
+        err.print(f"[yellow]warning: {escape(w)}[/yellow]", soft_wrap=True)
+    if result.removed_path is not None:
+        out.print(f"removed:  {escape(str(result.removed_path))} (with the evidence)", soft_wrap=True)
+    out.print(f"dataset:  {escape(str(result.out))} (card: README.md)", soft_wrap=True)
+
+
 def _print_export(result: Any) -> None:
     table = _table(title="export sft", show_header=False, title_justify="left")
     table.add_row("rows read", f"{result.rows_read:,}")
@@ -553,6 +604,31 @@ def _print_export(result: Any) -> None:
     out.print(f"train:      {escape(str(result.train_path))}", soft_wrap=True)
     if result.val_path is not None:
         out.print(f"validation: {escape(str(result.val_path))}", soft_wrap=True)
+
+
+# -- push -----------------------------------------------------------------------------------------
+
+@main.command("push")
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo_id", metavar="REPO")
+@click.option("--private", is_flag=True, help="Create the repo private (a repo that exists keeps its visibility).")
+def push_command(directory: Path, repo_id: str, private: bool) -> None:
+    """Publish DIR (written by `export hf`) to the Hugging Face Hub as dataset REPO (OWNER/NAME).
+
+    The card already on the Hub is merged, not overwritten: what was added to it there stays. The token
+    comes from HF_TOKEN in the environment (or `hf auth login`), read by huggingface_hub; it is never
+    written anywhere.
+    """
+    from synthtrace.export.push import ExportError, push
+
+    try:
+        r = push(directory, repo_id, private=private)
+    except ExportError as e:  # PushError, or huggingface_hub not installed
+        raise click.ClickException(str(e)) from None
+    note = " (merged with the card already there)" if r.merged_with_hub_card else ""
+    out.print(f"pushed {r.files:,} file(s) to {escape(r.url)}{note}", soft_wrap=True)
+    if r.commit_url:
+        out.print(f"commit: {escape(r.commit_url)}", soft_wrap=True)
 
 
 # -- merge ----------------------------------------------------------------------------------------

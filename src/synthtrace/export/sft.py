@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -45,25 +46,20 @@ class ExportError(Exception):
 
 
 @dataclass(slots=True)
-class ExportOptions:
-    """The options of `synthtrace export sft` (its flags come from these fields)."""
+class RowOptions:
+    """What every export of a run decides the same way: which rows go (verified, hinted), through which
+    recipe, and what cleaning removes. `export sft` and `export hf` add their own options to these."""
 
-    format: str = option("qwen3", "qwen3: think block in the assistant content; messages: reasoning in "
-                                  "`reasoning_content`; chatml: one rendered `text` field.", choices=FORMATS)
-    val_fraction: float = option(0.1, "Share of source notes held out for validation (0: no validation file).",
-                                 min=0, max=1, max_open=True)
-    seed: int = option(0, "Seed of the split.")
     include_unverified: bool = option(False, "Keep rows that failed verification (verified: false).")
     include_hinted: bool = option(True, "Keep rows written with the reference given (hinted: true).")
-    with_metadata: bool = option(True, "A `metadata` object per line (recipe, group, and what the recipe adds: "
-                                       "ids, role, label…).", flags=("--with-metadata/--no-metadata",))
     recipe: str | None = option(None, "The recipe of the rows (a name, package.module:Class or file.py[:Class]), "
                                       "when the run's manifest cannot say (its recipe file moved).", metavar="REF")
-    # Cleaning (`synthtrace.quality`): removed examples go to NAME.removed.jsonl with their evidence
-    # instead of the training files.
+    # Cleaning (`synthtrace.quality`): removed examples go with their evidence to NAME.removed.jsonl
+    # (export sft) or DIR/removed.jsonl (export hf) instead of the training files.
     decontaminate_against: list[Path] = option(
         [], "Evaluation set (JSONL, CSV or Parquet; MEDEC's CSVs as they are): examples that share a word n-gram "
-            "with one of its items go to NAME.removed.jsonl with the n-gram. Repeatable.",
+            "with one of its items are removed, each kept with the n-gram in the removed file (NAME.removed.jsonl; "
+            "export hf: DIR/removed.jsonl). Repeatable.",
         exists=True, path="any", metavar="FILE")
     eval_fields: list[str] = option([], "A text field of the evaluation sets (default: detected). Repeatable.",
                                     flags=("--eval-field",), metavar="NAME")
@@ -81,6 +77,19 @@ class ExportOptions:
                                   "is kept). Repeatable; needs synthtrace[clean].", choices=DEDUP_PARTS)
     dedup_threshold: float = option(0.8, "Jaccard similarity of word 5-gram shingles from which two texts are "
                                          "near-duplicates.", min=0, max=1, min_open=True)
+
+
+@dataclass(slots=True)
+class ExportOptions(RowOptions):
+    """The options of `synthtrace export sft` (its flags come from these fields)."""
+
+    format: str = option("qwen3", "qwen3: think block in the assistant content; messages: reasoning in "
+                                  "`reasoning_content`; chatml: one rendered `text` field.", choices=FORMATS)
+    val_fraction: float = option(0.1, "Share of source notes held out for validation (0: no validation file).",
+                                 min=0, max=1, max_open=True)
+    seed: int = option(0, "Seed of the split.")
+    with_metadata: bool = option(True, "A `metadata` object per line (recipe, group, and what the recipe adds: "
+                                       "ids, role, label…).", flags=("--with-metadata/--no-metadata",))
 
 
 @dataclass(slots=True)
@@ -124,7 +133,7 @@ class Cleaner:
     """Decontamination and near-duplicate removal for one export: `why(example)` is None for a
     clean example (remembered for the near-duplicate check), else the removal's reason and evidence."""
 
-    def __init__(self, options: ExportOptions):
+    def __init__(self, options: RowOptions):
         self.index = None
         if options.decontaminate_against:
             from synthtrace.quality.contamination import ContaminationIndex
@@ -179,6 +188,34 @@ class Cleaner:
     def close(self) -> None:
         for seen in self.seen.values():
             seen.close()
+
+
+def cleaner_for(options: RowOptions) -> Cleaner | None:
+    """The export's cleaner, None when no cleaning is asked for; a cleaning option that cannot work
+    (an unknown part, an evaluation set that cannot be read) is an ExportError."""
+    bad = [p for p in options.dedup if p not in DEDUP_PARTS]
+    if bad:
+        raise ExportError(f"--dedup: unknown part {bad[0]!r} (expected {', '.join(DEDUP_PARTS)})")
+    if not (options.decontaminate_against or options.dedup or options.embedding_model):
+        return None
+    try:
+        return Cleaner(options)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise ExportError(str(e)) from None
+
+
+def readable_rows(rows_path: Path, result: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, row) for each readable line of `rows_path`, counted in `result.rows_read`; the others are
+    counted in `result.bad_line_count` and the first few named in `result.bad_lines` (`rows.jsonl:N:
+    why`), never fatal."""
+    for item in read_jsonl(rows_path):
+        if isinstance(item, BadInput):
+            result.bad_line_count += 1
+            if len(result.bad_lines) < MAX_BAD_LINES_KEPT:
+                result.bad_lines.append(f"{rows_path}:{item.line}: {item.reason}")
+            continue
+        result.rows_read += 1
+        yield item
 
 
 def split_of(group: str, seed: int, val_fraction: float) -> str:
@@ -243,14 +280,7 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
         result.warnings.append(f"{val_path_for(out)} is from an earlier export (this one writes no validation "
                                "file); it may share sources with the new training file")
 
-    bad = [p for p in options.dedup if p not in DEDUP_PARTS]
-    if bad:
-        raise ExportError(f"--dedup: unknown part {bad[0]!r} (expected {', '.join(DEDUP_PARTS)})")
-    try:
-        cleaning = options.decontaminate_against or options.dedup or options.embedding_model
-        cleaner = Cleaner(options) if cleaning else None
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        raise ExportError(str(e)) from None
+    cleaner = cleaner_for(options)
     out.parent.mkdir(parents=True, exist_ok=True)
     targets = {"train": out, **({"val": val_path} if val_path else {})}
     if cleaner is not None:
@@ -261,15 +291,8 @@ def export_sft(run: Path, out: Path, options: ExportOptions) -> ExportResult:
     try:
         for split, tmp in temps.items():
             files[split] = open(tmp, "wb")
-        for item in read_jsonl(rows_path):
-            if isinstance(item, BadInput):
-                result.bad_line_count += 1
-                if len(result.bad_lines) < MAX_BAD_LINES_KEPT:
-                    result.bad_lines.append(f"{rows_path}:{item.line}: {item.reason}")
-                continue
-            result.rows_read += 1
-            line, row = item
-            example = _example(row, options, recipes)
+        for line, row in readable_rows(rows_path, result):
+            example = example_of(row, options, recipes)
             if isinstance(example, str):
                 result.skipped[example] += 1
                 continue
@@ -351,7 +374,7 @@ class RunRecipes:
             return cls()
 
 
-def _example(row: dict[str, Any], options: ExportOptions, recipes: RunRecipes) -> ChatExample | str:
+def example_of(row: dict[str, Any], options: RowOptions, recipes: RunRecipes) -> ChatExample | str:
     """The row as an example, or why it is skipped."""
     prov = row.get("provenance")
     name = prov.get("recipe") if isinstance(prov, dict) else None
