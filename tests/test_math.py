@@ -77,3 +77,20 @@ def test_verify_rechecks_from_the_journal_with_no_model_call_and_applies_only_wh
     assert slow and all(r["verified"] is False for r in slow)
     assert json.loads((out / "manifest.json").read_text())["recipe"] == "math"
     assert fp.requests == []
+
+
+def test_the_system_prompt_is_an_option_and_trains_as_it_was_sent(fp, cli, tmp_path, write_jsonl):
+    fp.script("20 + 22", "20 + 22 = 42", repeat_last=True)
+    inp = write_jsonl(PROBLEMS[:1])
+    config = make_config(tmp_path / "c.yaml", fp)
+    for system, out in (("", tmp_path / "bare"), ("Be brief.", tmp_path / "brief")):
+        done = cli("run", "math", "-i", inp, "-o", out, "--config", config, "-q", "--budget", 1, "--system", system)
+        assert done.exit_code == 0, done.output
+        sent = fp.requests[-1].body["messages"]
+        assert [m["role"] for m in sent] == (["user"] if not system else ["system", "user"])
+        sft = cli("export", "sft", out, "--format", "messages", "--out", out / "sft.jsonl", "--val-fraction", 0)
+        assert sft.exit_code == 0, sft.output
+        (example,) = read_jsonl(out / "sft.jsonl")
+        roles = [m["role"] for m in example["messages"]]
+        assert roles == (["user", "assistant"] if not system else ["system", "user", "assistant"])
+        assert not system or example["messages"][0]["content"] == system

@@ -61,6 +61,8 @@ class MathRecipe(Recipe):
         max_tokens: int = option(2048, "Max tokens of each answer.", min=16)
         verifier: list[Literal["exact", "number", "choice", "math"]] = option(
             ["exact", "number", "choice", "math"], "The verifier's rungs, in order (repeat the flag).")
+        system: str = option(SYSTEM, "The system prompt; an empty string sends none (small models often "
+                                     "answer better without one).")
 
     def __init__(self, options: Any = None, /, **values: Any):
         super().__init__(options, **values)
@@ -72,7 +74,7 @@ class MathRecipe(Recipe):
     async def process(self, record: Record, llm: LLM) -> list[dict[str, Any]]:
         data, o = record.data, self.options
         problem, reference = str(data.get("problem") or data.get("question")), str(data["reference"])
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem}]
+        messages = self.messages(problem)
 
         async def check(reply: Reply) -> Verification:
             return await self.ladder.check(reply.text, reference)
@@ -87,8 +89,8 @@ class MathRecipe(Recipe):
         rows = []
         for s in samples.verified[:o.k]:
             reasoning, answer = split_answer(s.reply)
-            rows.append({"id": record.id, "problem": problem, "reference": reference, "reasoning": reasoning,
-                         "answer": answer, "sample": s.index, "verified": True,
+            rows.append({"id": record.id, "system": o.system, "problem": problem, "reference": reference,
+                         "reasoning": reasoning, "answer": answer, "sample": s.index, "verified": True,
                          "verification": s.verification.as_dict(), "sampling": drawn})
         return rows
 
@@ -96,15 +98,20 @@ class MathRecipe(Recipe):
         """For `synthtrace eval math`: the greedy answer's verdict, then those of `budget - 1` samples."""
         o = self.options
         problem, reference = str(record.data.get("problem") or record.data.get("question")), record.data["reference"]
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem}]
+        messages = self.messages(problem)
         replies = await asyncio.gather(
             llm.chat(messages, temperature=0.0, max_tokens=o.max_tokens),
             *(llm.chat(messages, sample=i, temperature=o.temperature, max_tokens=o.max_tokens)
               for i in range(1, o.budget)))
         return list(await asyncio.gather(*(self.ladder.check(r.text, str(reference)) for r in replies)))
 
+    def messages(self, problem: str) -> list[dict[str, str]]:
+        system = self.options.system
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": problem}]
+
     def to_sft(self, row: dict[str, Any]) -> ChatExample:
-        return ChatExample(user=row["problem"], answer=row["answer"], reasoning=row["reasoning"], system=SYSTEM)
+        return ChatExample(user=row["problem"], answer=row["answer"], reasoning=row["reasoning"],
+                           system=row.get("system", SYSTEM) or None)
 
 
 def split_answer(reply: Reply) -> tuple[str, str]:
