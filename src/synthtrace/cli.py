@@ -505,20 +505,29 @@ def _export_sft_command() -> click.Command:
 
     Each row becomes an example through its recipe's `to_sft`.
     """
-    from synthtrace.export.sft import ExportError, ExportOptions, export_sft
+    from synthtrace.export.sft import ExportOptions, export_sft
+
+    return _export_command("sft", ExportOptions, export_sft, _print_export, inspect.getdoc(_export_sft_command),
+                           click.Path(dir_okay=False, path_type=Path),
+                           "Training file (JSONL); validation goes beside it as NAME.val.jsonl.")
+
+
+def _export_command(name: str, options_class: type, export_fn: Any, show: Any, doc: str | None,
+                    out_type: click.Path, out_help: str) -> click.Command:
+    """An `export` subcommand: RUN and --out, then the options of `options_class`; export errors as messages."""
+    from synthtrace.export.sft import ExportError
 
     def action(options: Any, run_path: Path, out: Path) -> None:
         try:
-            result = export_sft(run_path, out, options)
+            result = export_fn(run_path, out, options)
         except ExportError as e:
             raise click.ClickException(str(e)) from None
-        _print_export(result)
+        show(result)
 
     # RUN and --out are where the export reads and writes, not options of the export.
     head = (click.Argument(["run_path"], metavar="RUN", type=EXISTING_PATH),
-            click.Option(["--out", "-o", "out"], required=True, type=click.Path(dir_okay=False, path_type=Path),
-                         help="Training file (JSONL); validation goes beside it as NAME.val.jsonl."))
-    return options_command("sft", ExportOptions, action, inspect.getdoc(_export_sft_command), head)
+            click.Option(["--out", "-o", "out"], required=True, type=out_type, help=out_help))
+    return options_command(name, options_class, action, doc, head)
 
 
 @export.lazy_command("hf")
@@ -530,19 +539,11 @@ def _export_hf_command() -> click.Command:
     A card already in DIR is merged, not overwritten: fields and text added to it are kept.
     `synthtrace push DIR REPO` publishes it.
     """
-    from synthtrace.export.hf import ExportError, HfOptions, export_hf
+    from synthtrace.export.hf import HfOptions, export_hf
 
-    def action(options: Any, run_path: Path, out: Path) -> None:
-        try:
-            result = export_hf(run_path, out, options)
-        except ExportError as e:
-            raise click.ClickException(str(e)) from None
-        _print_export_hf(result)
-
-    head = (click.Argument(["run_path"], metavar="RUN", type=EXISTING_PATH),
-            click.Option(["--out", "-o", "out"], required=True, type=click.Path(file_okay=False, path_type=Path),
-                         help="The dataset directory (created; its configs are replaced, its README.md merged)."))
-    return options_command("hf", HfOptions, action, inspect.getdoc(_export_hf_command), head)
+    return _export_command("hf", HfOptions, export_hf, _print_export_hf, inspect.getdoc(_export_hf_command),
+                           click.Path(file_okay=False, path_type=Path),
+                           "The dataset directory (created; its configs are replaced, its README.md merged).")
 
 
 def _print_export_hf(result: Any) -> None:
